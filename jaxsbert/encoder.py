@@ -114,3 +114,9 @@ class SentenceEncoder:
         if normalize_embeddings:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+    def save_pretrained(self, directory: str, **kwargs) -> None:
+        """Writes a sentence-transformers directory (loads in ``SentenceTransformer(dir)`` and ``AutoModel``)."""
+        from jaxsbert.interop import export
+
+        export.save_sentence_transformer(self, directory, **kwargs)
