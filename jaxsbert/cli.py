@@ -1,0 +1,135 @@
+"""Command line: ``jaxsbert train | eval | encode | export | plot``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _read_sentences(path: str, field: str | None) -> list[str]:
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path}: file not found")
+    sentences = []
+    with open(path, encoding="utf8") as f:
+        if path.endswith(".jsonl"):
+            for row, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SystemExit(f"error: {path}: line {row} is not valid JSON ({e})")
+                if isinstance(item, dict):
+                    key = field or next((k for k in ("text", "sentence", "sentence1") if k in item), None)
+                    if key is None or key not in item:
+                        raise SystemExit(f"error: {path}: line {row} has no field {field or 'text'!r} "
+                                         f"(fields: {sorted(item)}); choose one with --field")
+                    item = item[key]
+                if not isinstance(item, str):
+                    raise SystemExit(f"error: {path}: line {row}: expected a string, got {type(item).__name__}")
+                sentences.append(item)
+        else:
+            sentences = [line.rstrip("\n") for line in f]
+    return sentences
+
+
+def cmd_encode(args) -> None:
+    import numpy as np
+    from jaxsbert.encoder import SentenceEncoder
+    from jaxsbert.models.bundled import resolve_model
+
+    sentences = _read_sentences(args.input, args.field)
+    encoder = SentenceEncoder.from_pretrained(resolve_model(args.model))
+    emb = encoder.encode(sentences, batch_size=args.batch_size,
+                         normalize_embeddings=True if args.normalize else None, show_progress_bar=True)
+    np.save(args.output, emb)
+    print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {args.output}")
+
+
+def cmd_train(args) -> None:
+    from jaxsbert.config import ConfigError, build_config
+    from jaxsbert.training.loop import train
+
+    try:
+        config = build_config(args.config, args.override)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}")
+    result = train(config, args.workdir, resume=args.resume)
+    print(json.dumps({k: v for k, v in result.items() if k != "state"}, indent=2, default=str))
+
+
+def cmd_eval(args) -> None:
+    from jaxsbert.encoder import SentenceEncoder
+    from jaxsbert.models.bundled import resolve_model
+    from jaxsbert.training.evaluators import build_evaluator
+
+    encoder = SentenceEncoder.from_pretrained(resolve_model(args.model))
+    spec = json.loads(args.data) if args.data.strip().startswith("{") else {"source": args.data}
+    if args.split:
+        spec["split"] = args.split
+    evaluator = build_evaluator(args.name, spec, data_root=args.data_root)
+    metrics = evaluator(encoder)
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_export(args) -> None:
+    from jaxsbert.training.loop import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, step=args.step, overwrite=args.overwrite)
+    print(f"exported to {path}")
+
+
+def cmd_plot(args) -> None:
+    from jaxsbert.training.metrics import plot
+
+    for path in plot(args.workdir, args.out):
+        print(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="jaxsbert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a config file")
+    p.add_argument("config", help="config file, or the name of one in configs/ (e.g. quickstart)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model on a dataset")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="dataset name (stsb, sick, a file) or a JSON evaluator spec")
+    p.add_argument("--split", default=None)
+    p.add_argument("--name", default="eval")
+    p.add_argument("--data-root", default=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("encode", help="embed sentences into a .npy file")
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True, help=".txt (one sentence per line) or .jsonl")
+    p.add_argument("--output", required=True, help=".npy")
+    p.add_argument("--field", default=None, help="the .jsonl field holding the text")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--normalize", action="store_true")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("export", help="write a sentence-transformers directory from a training checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a workdir (its latest checkpoint) or a checkpoint dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plot", help="PNG curves of a run's metrics")
+    p.add_argument("workdir")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_plot)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

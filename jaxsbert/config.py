@@ -1,0 +1,152 @@
+"""Experiment configs as Python files (big_vision style).
+
+A config file defines ``get_config() -> dict``; its keys must be keys of :data:`DEFAULTS` (nested
+dicts allowed where the default is a dict). ``-o key=value`` overrides use dotted keys and Python
+literals (``-o optim.lr=3e-5 -o data.train.stsb.split=train``). Unknown keys are an error that
+suggests the nearest known key.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import importlib.util
+import os
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "name": "experiment",
+    "model": "sentence-transformers/all-MiniLM-L6-v2",  # ST/HF directory or hub id (bundled copy used offline)
+    "max_seq_length": None,          # None: the model's own
+    "seed": 42,
+    "data": {
+        # name -> dataset spec (see jaxsbert.data.load_dataset); several names = multi-dataset training
+        "train": {},
+        "eval": {},                  # name -> evaluator spec (see jaxsbert.training.evaluators)
+        "multi_dataset_sampler": "proportional",   # or "round_robin"
+        "batch_sampler": "batch_sampler",          # or "no_duplicates"
+        "drop_last": False,
+        "data_root": None,           # where named datasets (stsb, sick) live; None: ../shared/data
+    },
+    # loss spec, or name -> loss spec with the same names as data.train
+    "loss": {"name": "MultipleNegativesRankingLoss"},
+    "batch_size": 32,                # global batch (all devices, all hosts)
+    "epochs": 1,
+    "max_steps": -1,                 # > 0 overrides epochs
+    "optim": {
+        "name": "adamw",             # adamw | adam
+        "lr": 2e-5,
+        "weight_decay": 0.01,        # not applied to biases and LayerNorm
+        "b1": 0.9,
+        "b2": 0.999,
+        "eps": 1e-8,
+        "schedule": "linear",        # linear | cosine | constant
+        "warmup_ratio": 0.1,
+        "warmup_steps": None,        # overrides warmup_ratio when set
+        "max_grad_norm": 1.0,        # None: no clipping
+        "grad_accum_steps": 1,
+    },
+    "compute_dtype": "float32",      # float32 | bfloat16 (parameters stay float32)
+    "remat": False,
+    "dropout": True,                 # train-mode dropout as in sentence-transformers
+    "log_every": 10,
+    "eval_every": 0,                 # steps; 0: only before and after training
+    "eval_before": True,
+    "best_metric": None,             # e.g. "sts-dev_spearman_cosine": keep the best checkpoint's model
+    "checkpoint": {"every_steps": 0, "keep": 2, "async": True},
+    "mesh": {"data": -1, "fsdp": 1},  # -1: all remaining devices
+    "distributed": {"coordinator_address": None, "num_processes": None, "process_id": None, "auto": False},
+    "nonfinite": "skip",             # non-finite loss/gradient: "skip" the update (counted) or "stop"
+    "save_model": True,              # write a sentence-transformers directory at the end
+    "tensorboard": True,             # when tensorboard is installed
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in d.items():
+        keys.append(prefix + k)
+        if isinstance(v, dict) and v:
+            keys.extend(_flat_keys(v, prefix + k + "."))
+    return keys
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# dicts whose keys are user-chosen names (datasets, losses by dataset) or free-form kwargs
+_OPEN_DICTS = ("data.train", "data.eval", "loss")
+
+
+def merge(base: dict, update: dict, prefix: str = "", source: str = "config") -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        path = prefix + k
+        if prefix.rstrip(".") in _OPEN_DICTS or any(prefix.startswith(p + ".") for p in _OPEN_DICTS):
+            out[k] = copy.deepcopy(v)
+        elif k not in base:
+            raise ConfigError(f"{source}: unknown config key {path!r}{_suggest(path, _flat_keys(DEFAULTS))}")
+        elif isinstance(base[k], dict) and isinstance(v, dict) and path not in _OPEN_DICTS:
+            out[k] = merge(base[k], v, path + ".", source)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # bare strings
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    config = copy.deepcopy(config)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node, path = config, ""
+        for i, part in enumerate(parts):
+            path = ".".join(parts[: i + 1])
+            open_dict = any(path.startswith(p + ".") for p in _OPEN_DICTS)
+            if part not in node and not open_dict:
+                raise ConfigError(f"override {item!r}: unknown config key {path!r}"
+                                  f"{_suggest(path, _flat_keys(config))}")
+            if i == len(parts) - 1:
+                node[part] = _parse_value(text)
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {item!r}: {path!r} is not a dict")
+    return config
+
+
+def load_config_file(path_or_name: str) -> dict:
+    """A config file path, or the name of a config shipped in ``configs/`` (e.g. ``quickstart``)."""
+    path = path_or_name
+    if not os.path.exists(path):
+        here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+        candidates = [os.path.join(here, path_or_name + ".py"), os.path.join(here, path_or_name)]
+        path = next((c for c in candidates if os.path.exists(c)), None)
+        if path is None:
+            known = sorted(f[:-3] for f in os.listdir(here) if f.endswith(".py")) if os.path.isdir(here) else []
+            raise ConfigError(f"config {path_or_name!r} not found (not a file; shipped configs: {known})")
+    spec = importlib.util.spec_from_file_location("jaxsbert_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: a config file must define get_config() -> dict")
+    return merge(DEFAULTS, module.get_config(), source=path)
+
+
+def build_config(path_or_name: str | None = None, overrides: list[str] | None = None, base: dict | None = None) -> dict:
+    config = load_config_file(path_or_name) if path_or_name else merge(DEFAULTS, base or {})
+    return apply_overrides(config, overrides or [])

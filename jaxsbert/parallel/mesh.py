@@ -1,0 +1,73 @@
+"""Device mesh and shardings: a ``data`` axis for the batch and an ``fsdp`` axis that shards parameters
+and optimizer state (and also splits the batch). Everything is ``jax.jit`` with NamedSharding; XLA
+inserts the collectives (an MNRL similarity matrix over the batch all-gathers the embeddings, with
+gradients, so in-batch negatives are global)."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(mesh_config: dict | None = None, devices: list | None = None) -> Mesh:
+    """``{"data": -1, "fsdp": 1}``: -1 takes the remaining devices. The product must equal the device count."""
+    cfg = dict(mesh_config or {"data": -1, "fsdp": 1})
+    devices = devices if devices is not None else jax.devices()
+    n = len(devices)
+    sizes = {axis: int(cfg.get(axis, 1)) for axis in BATCH_AXES}
+    unknown = [k for k in cfg if k not in BATCH_AXES]
+    if unknown:
+        raise ValueError(f"mesh axes {unknown} are not supported; supported: {list(BATCH_AXES)}")
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise ValueError("at most one mesh axis may be -1")
+    fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+    if free:
+        if n % fixed:
+            raise ValueError(f"mesh {cfg}: {n} devices are not divisible by {fixed}")
+        sizes[free[0]] = n // fixed
+    if int(np.prod(list(sizes.values()))) != n:
+        raise ValueError(f"mesh {sizes} needs {int(np.prod(list(sizes.values())))} devices, there are {n}")
+    grid = np.asarray(devices).reshape([sizes[a] for a in BATCH_AXES])
+    return Mesh(grid, BATCH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over every device."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def param_sharding(mesh: Mesh, tree: Any, min_size: int = 2 ** 14) -> Any:
+    """FSDP: each array of at least ``min_size`` elements is split along its largest dimension divisible
+    by the ``fsdp`` axis size; the rest is replicated. With fsdp = 1 everything is replicated."""
+    n = mesh.shape["fsdp"]
+
+    def spec(x):
+        shape = np.shape(x)
+        if n == 1 or int(np.prod(shape or (1,))) < min_size:
+            return replicated(mesh)
+        for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+            if shape[dim] % n == 0:
+                parts = [None] * len(shape)
+                parts[dim] = "fsdp"
+                return NamedSharding(mesh, P(*parts))
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map(spec, tree)
+
+
+def global_batch(mesh: Mesh, local_batch: Any) -> Any:
+    """Process-local rows (this host's contiguous slice of the global batch) -> global jax.Arrays."""
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(local_batch, sharding)
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                                  local_batch)
