@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 32,                # global batch (all devices, all hosts)
     "epochs": 1,
     "max_steps": -1,                 # > 0 overrides epochs
+    "stop_after_steps": 0,           # > 0: checkpoint and stop after this many steps (resume with --resume)
     "optim": {
         "name": "adamw",             # adamw | adam
         "lr": 2e-5,

@@ -173,14 +173,20 @@ def train(config: dict, workdir: str, resume: bool = False) -> dict:
 
     log_every, eval_every = int(config["log_every"]), int(config["eval_every"])
     ckpt_every = int(ckpt_cfg["every_steps"])
+    stop_after = int(config["stop_after_steps"])
     pending, rows_since, t_log = [], 0, time.time()
-    stop_on_nonfinite = config.get("nonfinite", "skip") == "stop"
+    stop_on_nonfinite = config["nonfinite"] == "stop"
     step = start_step
     progress = _progress(run.total_steps, start_step)
     iterator = run.loader.iterate(position)
+
+    def save_checkpoint():
+        if step not in checkpointer.all_steps():
+            checkpointer.save(step, state, {"data_position": position.to_dict(), "step": step})
+
     try:
         for item in iterator:
-            if step >= run.total_steps:
+            if step >= run.total_steps or (stop_after and step - start_step >= stop_after):
                 break
             batch = pmesh.global_batch(mesh, item.batch)
             state, metrics = steps[item.dataset](state, batch)
@@ -205,17 +211,24 @@ def train(config: dict, workdir: str, resume: bool = False) -> dict:
                 eval_results = _evaluate(run, state["params"], state["heads"], step, writer)
                 best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, state)
             if ckpt_every and step % ckpt_every == 0:
-                checkpointer.save(step, state, {"data_position": position.to_dict(), "step": step})
+                save_checkpoint()
     finally:
-        iterator.close() if hasattr(iterator, "close") else None
-    checkpointer.save(step, state, {"data_position": position.to_dict(), "step": step})
+        iterator.close()
+    save_checkpoint()
     checkpointer.close()
     train_seconds = time.time() - t_start
+    summary = {"steps": step, "train_seconds": round(train_seconds, 2), "workdir": workdir}
+    if step < run.total_steps:
+        log.info("stopped at step %d of %d; continue with: jaxsbert train ... --workdir %s --resume",
+                 step, run.total_steps, workdir)
+        writer.close()
+        summary.update(stopped=True, state=state)
+        return summary
     if run.evaluators:
         eval_results = _evaluate(run, state["params"], state["heads"], step, writer)
         best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, state)
     writer.close()
-    summary = {"steps": step, "train_seconds": round(train_seconds, 2), "eval": eval_results, "workdir": workdir}
+    summary["eval"] = eval_results
     if config["save_model"] and jax.process_index() == 0:
         final_dir = os.path.join(workdir, "model")
         _save_model(run, state, final_dir, eval_results)
@@ -258,8 +271,10 @@ def _save_model(run: Run, state, directory: str, eval_results: dict, overwrite: 
     encoder = SentenceEncoder(run.encoder.config, jax.device_get(state["params"]), run.encoder.tokenizer,
                               source=run.encoder.source)
     encoder.save_pretrained(directory, model_card=model_card(run.config, run, eval_results), overwrite=overwrite)
-    for name, head in jax.device_get(state["heads"]).items():
-        export.save_loss_head(run.losses[name], head, os.path.join(directory, "..", f"loss-head-{name}"))
+    for name, head in jax.device_get(state["heads"]).items():   # loss heads live beside the model, not in it
+        export.save_loss_head(head, os.path.join(os.path.dirname(os.path.abspath(directory)),
+                                                 f"{os.path.basename(directory)}-loss-head-{name}"),
+                              loss=run.losses[name].name, **run.losses[name].config_dict())
 
 
 def export_checkpoint(checkpoint: str, out: str, step: int | None = None, overwrite: bool = False) -> str:

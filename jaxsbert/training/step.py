@@ -65,7 +65,7 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
             "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
         }
         optimizer_step = state["step"] // grad_accum_steps
-        metrics = {"loss": value, "lr": schedule(optimizer_step), "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": value, "lr": schedule(optimizer_step), "grad_norm": optax.tree.norm(grads),
                    "finite": finite}
         return new_state, metrics
 

@@ -1,0 +1,178 @@
+"""Trainer: config handling, optimizer/schedule parity with PyTorch/transformers, exact resume, CLI."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsbert.config import DEFAULTS, ConfigError, apply_overrides, build_config, merge
+from jaxsbert.training.optimizer import decay_mask, make_optimizer, make_schedule
+from helpers import save_tiny_model
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+def test_unknown_config_key_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'batch_sise'.*did you mean 'batch_size'"):
+        merge(DEFAULTS, {"batch_sise": 8})
+    with pytest.raises(ConfigError, match=r"'optim.lrr'.*did you mean 'optim.lr'"):
+        apply_overrides(DEFAULTS, ["optim.lrr=1e-4"])
+
+
+def test_overrides_parse_python_literals():
+    cfg = apply_overrides(DEFAULTS, ["optim.lr=3e-5", "epochs=2", "name=my run", "data.train.x={'source': 'demo'}"])
+    assert cfg["optim"]["lr"] == 3e-5 and cfg["epochs"] == 2 and cfg["name"] == "my run"
+    assert cfg["data"]["train"]["x"] == {"source": "demo"}
+
+
+def test_shipped_configs_load():
+    for name in ("quickstart", "stsb_cosent", "stsb_cosine", "sick_softmax", "nli_mnrl", "nli_triplet", "multi_dataset"):
+        cfg = build_config(name)
+        assert cfg["data"]["train"], name
+    with pytest.raises(ConfigError, match="not found"):
+        build_config("no_such_config")
+
+
+# ----------------------------------------------------------------------------------- optimizer parity
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_schedule_matches_transformers(kind):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    total, warm, lr = 50, 7, 3e-5
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    get = {"linear": transformers.get_linear_schedule_with_warmup,
+           "cosine": transformers.get_cosine_schedule_with_warmup,
+           "constant": lambda o, w, t: transformers.get_constant_schedule_with_warmup(o, w)}[kind]
+    sched = get(opt, warm, total)
+    expected = []
+    for _ in range(total):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    ours = make_schedule({"lr": lr, "schedule": kind, "warmup_steps": warm}, total)
+    np.testing.assert_allclose([float(ours(i)) for i in range(total)], expected, rtol=1e-6, atol=1e-12)
+
+
+def test_adamw_matches_torch_with_decay_mask_and_clipping():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    params = {"dense": {"kernel": rng.normal(size=(4, 3)).astype(np.float32),
+                        "bias": rng.normal(size=(3,)).astype(np.float32)},
+              "LayerNorm": {"scale": rng.normal(size=(3,)).astype(np.float32)}}
+    grads = [jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(np.float32) * 3, params) for _ in range(6)]
+    optim = dict(DEFAULTS["optim"], lr=1e-2, weight_decay=0.1, warmup_steps=2, max_grad_norm=1.0)
+    tx, _ = make_optimizer(optim, 6)
+    ours, state = jax.tree_util.tree_map(jnp.asarray, params), None
+    state = tx.init(ours)
+    for g in grads:
+        updates, state = tx.update(jax.tree_util.tree_map(jnp.asarray, g), state, ours)
+        ours = jax.tree_util.tree_map(lambda p, u: p + u, ours, updates)
+
+    import transformers
+    tp = {k: torch.nn.Parameter(torch.tensor(params[a][b])) for k, (a, b) in
+          {"w": ("dense", "kernel"), "b": ("dense", "bias"), "ln": ("LayerNorm", "scale")}.items()}
+    opt = torch.optim.AdamW([{"params": [tp["w"]], "weight_decay": 0.1},
+                             {"params": [tp["b"], tp["ln"]], "weight_decay": 0.0}], lr=1e-2, eps=1e-8)
+    sched = transformers.get_linear_schedule_with_warmup(opt, 2, 6)
+    for g in grads:
+        tp["w"].grad, tp["b"].grad, tp["ln"].grad = (torch.tensor(g["dense"]["kernel"]), torch.tensor(g["dense"]["bias"]),
+                                                     torch.tensor(g["LayerNorm"]["scale"]))
+        torch.nn.utils.clip_grad_norm_(list(tp.values()), 1.0)
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(ours["dense"]["kernel"], tp["w"].detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours["dense"]["bias"], tp["b"].detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours["LayerNorm"]["scale"], tp["ln"].detach().numpy(), rtol=1e-5, atol=1e-6)
+    mask = decay_mask(params)
+    assert mask["dense"]["kernel"] and not mask["dense"]["bias"] and not mask["LayerNorm"]["scale"]
+
+
+# --------------------------------------------------------------------------------- end to end, resume
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, minilm_path):
+    return save_tiny_model(str(tmp_path_factory.mktemp("tiny") / "model"), minilm_path)
+
+
+def _config(model, **over):
+    base = {
+        "name": "test",
+        "model": model,
+        "data": {"train": {"demo": {"source": "demo", "split": "train", "limit": 96}},
+                 "eval": {"dev": {"type": "similarity", "source": "demo", "split": "dev"}}},
+        "loss": {"name": "CoSENTLoss"},
+        "batch_size": 16,
+        "epochs": 2,
+        "optim": {"lr": 1e-3, "warmup_ratio": 0.2},
+        "log_every": 2,
+        "checkpoint": {"every_steps": 4, "keep": 3, "async": False},
+        "tensorboard": False,
+    }
+    base.update(over)
+    return build_config(base=base)
+
+
+def _params(workdir):
+    from jaxsbert.training.checkpoint import Checkpointer
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    raw = ckpt.restore_raw()
+    ckpt.close()
+    return raw
+
+
+def test_resume_continues_exactly(tiny_model, tmp_path):
+    from jaxsbert.training.loop import train
+
+    full = train(_config(tiny_model), str(tmp_path / "full"))
+    assert full["steps"] == 12 and "model" in full
+    part = train(_config(tiny_model, stop_after_steps=5), str(tmp_path / "part"))
+    assert part["stopped"] and part["steps"] == 5
+    resumed = train(_config(tiny_model), str(tmp_path / "part"), resume=True)
+    assert resumed["steps"] == 12
+    a, b = _params(str(tmp_path / "full")), _params(str(tmp_path / "part"))
+    flat_a, flat_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(flat_a) == len(flat_b)
+    for x, y in zip(flat_a, flat_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the run learned something and the initial params differ from the final ones
+    assert full["eval"]["dev_spearman_cosine"] is not None
+    metrics = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    assert [m["step"] for m in metrics if m["kind"] == "train"][-1] == 12
+
+
+def test_cli_train_export_and_sentence_transformers_loads(tiny_model, tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    from jaxsbert.cli import main
+    from jaxsbert import SentenceEncoder
+
+    workdir = str(tmp_path / "run")
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text("def get_config():\n    return " + repr({
+        "model": tiny_model, "data": {"train": {"demo": {"source": "demo", "limit": 32}}},
+        "loss": {"name": "CosineSimilarityLoss"}, "batch_size": 16, "log_every": 1, "tensorboard": False,
+        "checkpoint": {"every_steps": 0, "keep": 1, "async": False}}) + "\n")
+    main(["train", str(cfg), "--workdir", workdir, "-o", "optim.lr=1e-3"])
+    main(["export", "--checkpoint", workdir, "--out", str(tmp_path / "exported")])
+    sentences = ["A man is playing a guitar.", "Stocks fell sharply on Monday.", "short"]
+    ours = SentenceEncoder.from_pretrained(str(tmp_path / "exported")).encode(sentences)
+    final = SentenceEncoder.from_pretrained(os.path.join(workdir, "model")).encode(sentences)
+    theirs = st.SentenceTransformer(str(tmp_path / "exported"), device="cpu").encode(sentences)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    np.testing.assert_array_equal(ours, final)
+    main(["plot", workdir])
+    assert os.path.exists(os.path.join(workdir, "plots", "train_loss.png"))
+    with pytest.raises(SystemExit, match="unknown config key 'epoch'.*'epochs'"):
+        main(["train", str(cfg), "--workdir", str(tmp_path / "bad"), "-o", "epoch=2"])
+
+
+def test_bad_loss_columns_fail_before_compiling(tiny_model, tmp_path):
+    from jaxsbert.training.loop import prepare
+
+    cfg = _config(tiny_model, loss={"name": "SoftmaxLoss", "num_labels": 3})
+    with pytest.raises(ValueError, match="SoftmaxLoss.*integer class ids"):
+        prepare(cfg)
