@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsbert.data.buckets import bucket_for, length_buckets, pad_token_ids
+from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, DEFAULT_ROW_LENGTH, pack_token_ids
 from jaxsbert.models.sentence_model import SentenceModel, SentenceModelConfig
 
 
@@ -22,12 +23,21 @@ def check_sentences(sentences: Sequence[Any], what: str = "sentences") -> list[s
     return out
 
 
+# a model directory needs one of these for its vocabulary (transformers would otherwise build a tokenizer
+# with no vocabulary, mapping every word to [UNK])
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
+                   "tokenizer.model")
+
+
 class Tokenizer:
     """The model's fast tokenizer with sentence-transformers' preprocessing (strip, optional lower-case, truncation)."""
 
     def __init__(self, directory: str, max_seq_length: int, do_lower_case: bool = False):
         from transformers import AutoTokenizer
 
+        if os.path.isdir(directory) and not any(os.path.exists(os.path.join(directory, f)) for f in TOKENIZER_FILES):
+            raise FileNotFoundError(f"{directory}: no tokenizer files; expected one of {list(TOKENIZER_FILES)} "
+                                    "(copy them from the model the weights came from)")
         self.hf = AutoTokenizer.from_pretrained(directory)
         self.max_seq_length = max_seq_length
         self.do_lower_case = do_lower_case
@@ -42,19 +52,33 @@ class Tokenizer:
         return self.hf(texts, truncation=True, max_length=self.max_seq_length, padding=False,
                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text without truncation (special tokens included): > max_seq_length means cut."""
+        texts = [t.strip() for t in texts]
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        if not texts:
+            return []
+        return [len(ids) for ids in self.hf(texts, truncation=False, padding=False, verbose=False,
+                                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]]
+
 
 class SentenceEncoder:
     """A sentence-embedding model: config, parameters, tokenizer, and a jitted forward per shape bucket."""
 
     def __init__(self, config: SentenceModelConfig, params: Any, tokenizer: Tokenizer, dtype=jnp.float32,
-                 length_buckets_: Sequence[int] | None = None, source: str | None = None):
+                 length_buckets_: Sequence[int] | None = None, source: str | None = None, packing: bool = True,
+                 pack_length: int = DEFAULT_ROW_LENGTH, max_segments: int = DEFAULT_MAX_SEGMENTS):
         self.config = config
         self.params = params
         self.tokenizer = tokenizer
         self.dtype = dtype
         self.source = source
         self.buckets = tuple(length_buckets_ or length_buckets(config.max_seq_length))
-        self.module = SentenceModel(config, dtype=dtype)
+        self.packing = packing
+        self.pack_length = pack_length
+        self.max_segments = max_segments
+        self.module = SentenceModel(config, dtype=dtype, max_segments=max_segments)
         self._forward = jax.jit(lambda params, features: self.module.apply({"params": params}, features))
 
     @classmethod
@@ -82,9 +106,12 @@ class SentenceEncoder:
                show_progress_bar: bool | None = None) -> np.ndarray:
         """Embeds sentences -> float32 [N, dim] in input order.
 
-        Sentences are sorted by length; each batch is padded to a fixed number of rows and to a length
-        bucket, so one compiled program serves every batch of that bucket. ``normalize_embeddings=None``
-        keeps the model's own choice (a Normalize module); True L2-normalises in any case.
+        Sentences are sorted by length. With ``packing`` (the default) and at least ``batch_size``
+        sentences, the ones up to ``pack_length`` tokens are packed several per row into fixed
+        ``[rows, pack_length]`` arrays (about ``batch_size`` sentences' worth of tokens each); the
+        others go in batches of ``batch_size`` rows padded to a length bucket. Either way, one compiled
+        program serves every batch of a shape. ``normalize_embeddings=None`` keeps the model's own
+        choice (a Normalize module); True L2-normalises in any case.
         """
         sentences = check_sentences(sentences)
         if batch_size < 1:
@@ -93,18 +120,13 @@ class SentenceEncoder:
             return np.zeros((0, self.embedding_dim), np.float32)
         token_ids = self.tokenizer(sentences)
         order = np.argsort([-len(t) for t in token_ids], kind="stable")
-        rows = min(batch_size, 1 << (len(sentences) - 1).bit_length())   # fixed for the whole call
+        batches = list(self._plan_batches(token_ids, order, batch_size))
         out = np.zeros((len(sentences), self.embedding_dim), np.float32)
-        starts = range(0, len(order), rows)
         if show_progress_bar:
             from tqdm.auto import tqdm
-            starts = tqdm(starts, desc="Batches", unit="batch")
+            batches = tqdm(batches, desc="Batches", unit="batch")
         pending = []
-        for start in starts:
-            idx = order[start:start + rows]
-            batch_ids = [token_ids[i] for i in idx]
-            length = bucket_for(max(len(t) for t in batch_ids), self.buckets)
-            features = pad_token_ids(batch_ids, length, rows, self.tokenizer.pad_token_id)
+        for idx, features in batches:
             pending.append((idx, self._forward(self.params, features)))   # dispatch async, fetch later
             if len(pending) > 2:
                 done_idx, emb = pending.pop(0)
@@ -115,8 +137,55 @@ class SentenceEncoder:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
+    def _plan_batches(self, token_ids: list, order: np.ndarray, batch_size: int):
+        """(sentence indices, features) of each forward call, longest sentences first."""
+        pad = self.tokenizer.pad_token_id
+        packable = self.packing and len(order) >= batch_size
+        if packable:
+            long = [i for i in order if len(token_ids[i]) > self.pack_length]
+            short = order[len(long):]
+        else:
+            long, short = list(order), []
+        rows = min(batch_size, 1 << (len(order) - 1).bit_length())   # fixed for the whole call
+        for start in range(0, len(long), rows):
+            idx = np.asarray(long[start:start + rows])
+            batch_ids = [token_ids[i] for i in idx]
+            length = bucket_for(max(len(t) for t in batch_ids), self.buckets)
+            yield idx, pad_token_ids(batch_ids, length, rows, pad)
+        if not len(short):
+            return
+        # ~16 tokens per sentence: a packed call holds about batch_size sentences
+        packed_rows = max(1, -(-batch_size * 16 // self.pack_length))
+        slots = packed_rows * self.max_segments
+        for idx in _fill_rows([len(token_ids[i]) for i in short], short, packed_rows, self.pack_length,
+                              self.max_segments):
+            features = pack_token_ids([token_ids[i] for i in idx], packed_rows, self.pack_length,
+                                      self.max_segments, pad)
+            features["slots"] = np.pad(features["slots"], (0, slots - len(idx)))
+            yield idx, features
+
     def save_pretrained(self, directory: str, **kwargs) -> None:
         """Writes a sentence-transformers directory (loads in ``SentenceTransformer(dir)`` and ``AutoModel``)."""
         from jaxsbert.interop import export
 
         export.save_sentence_transformer(self, directory, **kwargs)
+
+
+def _fill_rows(lengths: Sequence[int], items: Sequence[int], rows: int, row_length: int, max_segments: int):
+    """Splits ``items`` (lengths in decreasing order) into consecutive groups that first-fit into
+    ``rows`` rows of ``row_length`` tokens with at most ``max_segments`` sentences each."""
+    group, free, used = [], [], []
+    for item, n in zip(items, lengths):
+        r = next((r for r in range(len(free)) if free[r] >= n and used[r] < max_segments), None)
+        if r is None and len(free) == rows:
+            yield np.asarray(group)
+            group, free, used = [], [], []
+        if r is None:
+            r = len(free)
+            free.append(row_length)
+            used.append(0)
+        group.append(item)
+        free[r] -= n
+        used[r] += 1
+    if group:
+        yield np.asarray(group)

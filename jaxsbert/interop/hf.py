@@ -86,14 +86,20 @@ def state_dict_to_flax(state: Mapping[str, np.ndarray], template: Mapping, sourc
 
 
 def _strip_prefix(state: dict, wanted: set[str]) -> dict:
-    if wanted & set(state):
+    """Drops the head model's prefix (``bert.``, ``roberta.``, ``distilbert.``, ``mpnet.``, ...), if any.
+
+    Keeps the keys as they are when they already match; otherwise takes the prefix whose stripped
+    keys match the most wanted names (a masked-LM checkpoint also has ``lm_head.*``).
+    """
+    best, best_hits = state, len(wanted & set(state))
+    if best_hits:
         return state
-    prefixes = {k.split(".", 1)[0] for k in state if "." in k}
-    for p in sorted(prefixes):
+    for p in sorted({k.split(".", 1)[0] for k in state if "." in k}):
         stripped = {k[len(p) + 1:]: v for k, v in state.items() if k.startswith(p + ".")}
-        if wanted & set(stripped):
-            return stripped
-    return state
+        hits = len(wanted & set(stripped))
+        if hits > best_hits:
+            best, best_hits = stripped, hits
+    return best
 
 
 def read_state_dict(directory: str) -> tuple[dict[str, np.ndarray], str]:

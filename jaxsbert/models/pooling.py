@@ -90,3 +90,38 @@ def pool(token_embeddings: jnp.ndarray, attention_mask: jnp.ndarray, config: Poo
 def normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
     """L2 normalization as ``torch.nn.functional.normalize``: x / max(||x||, eps)."""
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def pool_segments(token_embeddings: jnp.ndarray, segment_ids: jnp.ndarray, position_ids: jnp.ndarray,
+                  config: PoolingConfig, max_segments: int) -> jnp.ndarray:
+    """Pooling of packed rows (see :mod:`jaxsbert.data.packing`), one result per segment.
+
+    [R, L, H] token embeddings, [R, L] segment ids (1..max_segments, 0 = padding) and [R, L] positions
+    restarting at 0 per segment -> [R * max_segments, H * len(modes)]; slot ``r * max_segments + s - 1``
+    is segment s of row r (empty slots are zeros). Equals :func:`pool` on each sentence alone.
+    """
+    x = token_embeddings.astype(jnp.float32)
+    r, l, h = x.shape
+    ids = jnp.arange(1, max_segments + 1, dtype=segment_ids.dtype)
+    member = (segment_ids[:, None, :] == ids[None, :, None]).astype(jnp.float32)      # [R, S, L]
+    n_tokens = member.sum(axis=2, keepdims=True)                                        # [R, S, 1]
+    pos = position_ids.astype(jnp.float32)[:, None, :]                                  # [R, 1, L]
+    outputs = []
+    for mode in config.modes:
+        if mode == "max":
+            masked = jnp.where(member[..., None] > 0, x[:, None], -1e9)                   # [R, S, L, H]
+            outputs.append(masked.max(axis=2))
+            continue
+        if mode == "cls":
+            weights = member * (pos == 0)
+        elif mode == "mean":
+            weights = member / jnp.maximum(n_tokens, 1e-9)
+        elif mode == "mean_sqrt_len_tokens":
+            weights = member / jnp.sqrt(jnp.maximum(n_tokens, 1e-9))
+        elif mode == "weightedmean":
+            weights = member * (pos + 1)
+            weights = weights / jnp.maximum(weights.sum(axis=2, keepdims=True), 1e-9)
+        else:  # lasttoken
+            weights = member * (pos == n_tokens - 1)
+        outputs.append(jnp.einsum("rsl,rlh->rsh", weights, x))
+    return jnp.concatenate(outputs, axis=-1).reshape(r * max_segments, -1)

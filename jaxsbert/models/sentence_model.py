@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 from jaxsbert.models import families
 from jaxsbert.models.heads import Dense, DenseConfig
-from jaxsbert.models.pooling import PoolingConfig, normalize, pool
+from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, is_packed
+from jaxsbert.models.pooling import PoolingConfig, normalize, pool, pool_segments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +55,15 @@ class SentenceModelConfig:
 
 
 class SentenceModel(nn.Module):
-    """features {input_ids, attention_mask, [token_type_ids], [position_ids]} -> embeddings [B, D] (float32)."""
+    """features {input_ids, attention_mask, [token_type_ids], [position_ids]} -> embeddings [B, D] (float32).
+
+    Packed features (with ``slots``, see :mod:`jaxsbert.data.packing`; at most ``max_segments``
+    sentences per row) give one embedding per slot: ``slots.shape + (D,)``.
+    """
     config: SentenceModelConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    max_segments: int = DEFAULT_MAX_SEGMENTS
 
     @nn.compact
     def __call__(self, features: dict, deterministic: bool = True):
@@ -66,8 +72,12 @@ class SentenceModel(nn.Module):
                                                            name="transformer")
         x = transformer(features["input_ids"], features["attention_mask"], features.get("token_type_ids"),
                         features.get("position_ids"), deterministic=deterministic)
+        packed = is_packed(features)
         for i, m in enumerate(c.modules):
-            if isinstance(m, PoolingConfig):
+            if isinstance(m, PoolingConfig) and packed:
+                pooled = pool_segments(x, features["attention_mask"], features["position_ids"], m, self.max_segments)
+                x = jnp.take(pooled, features["slots"], axis=0)
+            elif isinstance(m, PoolingConfig):
                 x = pool(x, features["attention_mask"], m)
             elif isinstance(m, DenseConfig):
                 x = Dense(m, name=c.module_name(i))(x)

@@ -1,0 +1,62 @@
+"""Shared helpers for the side-by-side benchmarks: machine description, STSb sentences, timing."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+def machine_description() -> str:
+    """One line: CPU model and cores, memory, accelerators, library versions."""
+    import importlib.metadata as md
+
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    except (ValueError, OSError):
+        mem = float("nan")
+    versions = []
+    for dist in ("jax", "flax", "torch", "sentence-transformers", "transformers"):
+        try:
+            versions.append(f"{dist} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            pass
+    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; jax devices: {jax.device_count()} x {devices}; "
+            + ", ".join(versions))
+
+
+def stsb_split(split: str, data_root: str | None = None):
+    """(sentence1, sentence2, score 0-1) lists of an STS benchmark split (jaxsbert's reader)."""
+    from jaxsbert.data import load_dataset
+
+    ds = load_dataset({"source": "stsb", "split": split}, data_root=data_root)
+    return list(ds["sentence1"]), list(ds["sentence2"]), list(ds["score"])
+
+
+def minilm_path() -> str:
+    from jaxsbert.models.bundled import resolve_model
+
+    return resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def best_of(fn, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls of ``fn()`` (seconds)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best

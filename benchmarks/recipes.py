@@ -1,0 +1,129 @@
+"""Training recipes side by side: sentence-transformers' SentenceTransformerTrainer vs ``jaxsbert train``
+on the same model, data and hyper-parameters; prints test scores and wall times.
+
+    python benchmarks/recipes.py                      # stsb_cosent and stsb_cosine, both frameworks
+    python benchmarks/recipes.py --recipes sick_softmax --frameworks jaxsbert
+
+Run each framework in its own process (``--frameworks``) on a quiet machine for clean timings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+RECIPES = {
+    "stsb_cosent": {"loss": "CoSENTLoss", "data": "stsb"},
+    "stsb_cosine": {"loss": "CosineSimilarityLoss", "data": "stsb"},
+    "sick_softmax": {"loss": "SoftmaxLoss", "data": "sick"},
+}
+
+
+def run_sentence_transformers(recipe: str, seed: int = 42) -> dict:
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+
+    from jaxsbert.data import load_dataset
+    from jaxsbert.models.bundled import resolve_model
+
+    torch.manual_seed(seed)
+    model = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
+    spec = RECIPES[recipe]
+    if spec["data"] == "stsb":
+        train = Dataset.from_dict(load_dataset({"source": "stsb", "split": "train"}).to_dict())
+        test = load_dataset({"source": "stsb", "split": "test"})
+        loss = losses.CoSENTLoss(model) if spec["loss"] == "CoSENTLoss" else losses.CosineSimilarityLoss(model)
+    else:
+        train = Dataset.from_dict(load_dataset({"source": "sick", "split": "train", "task": "nli"}).to_dict())
+        test = load_dataset({"source": "sick", "split": "test", "task": "relatedness"})
+        loss = losses.SoftmaxLoss(model, model.get_sentence_embedding_dimension(), num_labels=3)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=tempfile.mkdtemp(), num_train_epochs=1, per_device_train_batch_size=16, learning_rate=2e-5,
+        warmup_ratio=0.1, seed=seed, save_strategy="no", logging_steps=50, report_to="none", use_cpu=True,
+        dataloader_drop_last=False)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss)
+    t = time.time()
+    trainer.train()
+    seconds = time.time() - t
+    evaluator = EmbeddingSimilarityEvaluator(test["sentence1"], test["sentence2"], test["score"], name="test")
+    result = {"framework": "sentence-transformers", "recipe": recipe, "train_seconds": round(seconds, 1),
+              "test_spearman_cosine": float(evaluator(model)["test_spearman_cosine"])}
+    if spec["data"] == "sick":
+        nli_test = load_dataset({"source": "sick", "split": "test", "task": "nli"})
+        with torch.no_grad():
+            u = model.encode(nli_test["premise"], convert_to_tensor=True)
+            v = model.encode(nli_test["hypothesis"], convert_to_tensor=True)
+            logits = loss.classifier(torch.cat([u, v, (u - v).abs()], dim=-1))
+        result["test_accuracy"] = float((logits.argmax(-1).numpy() == np.asarray(nli_test["label"])).mean())
+    return result
+
+
+def run_jaxsbert(recipe: str, seed: int = 42) -> dict:
+    from jaxsbert.config import build_config
+    from jaxsbert.training.loop import train
+
+    overrides = [f"seed={seed}", "eval_before=False", "save_model=False"]
+    config = build_config(recipe, overrides)
+    workdir = tempfile.mkdtemp()
+    t = time.time()
+    summary = train(config, workdir)
+    seconds = summary["train_seconds"]
+    result = {"framework": "jaxsbert", "recipe": recipe, "train_seconds": round(seconds, 1),
+              "wall_seconds_with_eval": round(time.time() - t, 1)}
+    ev = summary["eval"]
+    if "sts-test_spearman_cosine" in ev:
+        result["test_spearman_cosine"] = ev["sts-test_spearman_cosine"]
+    if "sick-test-relatedness_spearman_cosine" in ev:
+        result["test_spearman_cosine"] = ev["sick-test-relatedness_spearman_cosine"]
+    if "sick-test-accuracy_accuracy" in ev:
+        result["test_accuracy"] = ev["sick-test-accuracy_accuracy"]
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipes", nargs="+", default=["stsb_cosent", "stsb_cosine"], choices=sorted(RECIPES))
+    parser.add_argument("--frameworks", nargs="+", default=["jaxsbert", "sentence-transformers"])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--one", nargs=2, metavar=("FRAMEWORK", "RECIPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        fn = run_jaxsbert if args.one[0] == "jaxsbert" else run_sentence_transformers
+        print("RESULT " + json.dumps(fn(args.one[1], args.seed)), flush=True)
+        return
+    from benchmarks.common import machine_description
+    print(machine_description())
+    results = []
+    for recipe in args.recipes:
+        for fw in args.frameworks:   # each run in a fresh process: no shared warm state or threads
+            out = subprocess.run([sys.executable, __file__, "--one", fw, recipe, "--seed", str(args.seed)],
+                                 capture_output=True, text=True, cwd=REPO)
+            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                print(out.stdout[-3000:], out.stderr[-3000:])
+                raise SystemExit(f"{fw} {recipe} failed")
+            results.append(json.loads(line[7:]))
+            print(json.dumps(results[-1]), flush=True)
+    print(f"\n{'recipe':14} {'framework':22} {'test spearman':>14} {'accuracy':>9} {'train s':>8}")
+    for r in results:
+        acc = f"{r['test_accuracy']:.4f}" if "test_accuracy" in r else ""
+        print(f"{r['recipe']:14} {r['framework']:22} {r['test_spearman_cosine']:14.4f} {acc:>9} {r['train_seconds']:8.1f}")
+    for recipe in args.recipes:
+        by = {r["framework"]: r for r in results if r["recipe"] == recipe}
+        if len(by) == 2:
+            ratio = by["jaxsbert"]["train_seconds"] / by["sentence-transformers"]["train_seconds"]
+            print(f"{recipe}: jaxsbert wall time = {ratio:.2f}x sentence-transformers'")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Writing a jaxsbert model as a sentence-transformers directory (no torch needed).
+
+The directory uses the classic sentence-transformers layout, which every release from 2.x on reads
+and which ``transformers.AutoModel`` reads too::
+
+    config.json, model.safetensors, tokenizer files     the Transformer (Hugging Face names, no prefix)
+    sentence_bert_config.json                           max_seq_length, do_lower_case
+    modules.json                                        sentence_transformers.models.<Kind>, in order
+    1_Pooling/config.json                               legacy pooling_mode_* keys
+    <i>_Dense/config.json, <i>_Dense/model.safetensors  linear.weight [out, in], linear.bias
+    <i>_Normalize/                                      (no files)
+    config_sentence_transformers.json                   similarity_fn_name, __version__
+    README.md                                           model card
+
+Loss heads (e.g. SoftmaxLoss' classifier) are not part of the model; :func:`save_loss_head`
+writes them to a directory of their own.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+
+from jaxsbert.interop import hf
+from jaxsbert.models import families
+from jaxsbert.models.heads import DenseConfig
+from jaxsbert.models.pooling import PoolingConfig
+from jaxsbert.models.sentence_model import NormalizeConfig, SentenceModelConfig
+
+MODULE_TYPES = {
+    "Transformer": "sentence_transformers.models.Transformer",
+    PoolingConfig: "sentence_transformers.models.Pooling",
+    DenseConfig: "sentence_transformers.models.Dense",
+    NormalizeConfig: "sentence_transformers.models.Normalize",
+}
+EXPORT_MARKER = "jaxsbert"   # key in config_sentence_transformers.json's __version__ that marks our exports
+
+
+def save_sentence_transformer(encoder: Any, directory: str, model_card: str | None = None, *,
+                              overwrite: bool = False, base_model: str | None = None,
+                              complete_pooler: bool = True) -> str:
+    """Writes ``encoder`` (a :class:`jaxsbert.SentenceEncoder`, or anything with ``.config``
+    (SentenceModelConfig), ``.params`` and ``.tokenizer.hf``) as a sentence-transformers directory.
+
+    The files are written to a temporary directory next to ``directory`` and moved into place at
+    the end, so a failed export leaves nothing half-written. An existing non-empty ``directory`` is
+    replaced only if it is a previous jaxsbert export or ``overwrite=True``.
+
+    ``model_card``: extra Markdown appended to the generated README.md. ``base_model``: the model
+    this one was trained from (a hub id), recorded in the card. ``complete_pooler``: for an encoder
+    loaded from a checkpoint without Hugging Face's pooler (``pooler.dense``, unused by
+    sentence-transformers), write a freshly initialised one (normal(0, 0.02) weights, zero bias, as
+    transformers initialises it) so ``AutoModel`` loads without missing keys.
+
+    Returns the directory.
+    """
+    config: SentenceModelConfig = encoder.config
+    directory = os.fspath(directory)
+    _check_target(directory, overwrite)
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(directory))}.tmp-{uuid.uuid4().hex[:8]}")
+    os.mkdir(tmp)
+    try:
+        _write_transformer(config, encoder.params["transformer"], tmp, complete_pooler)
+        _save_tokenizer(encoder.tokenizer.hf, config.max_seq_length, tmp)
+        _write_json(os.path.join(tmp, "sentence_bert_config.json"),
+                    {"max_seq_length": config.max_seq_length, "do_lower_case": config.do_lower_case})
+        modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["Transformer"]}]
+        for i, module in enumerate(config.modules):
+            name = config.module_name(i)
+            modules.append({"idx": i + 1, "name": str(i + 1), "path": name, "type": MODULE_TYPES[type(module)]})
+            os.mkdir(os.path.join(tmp, name))
+            if isinstance(module, PoolingConfig):
+                _write_json(os.path.join(tmp, name, "config.json"), module.to_st_dict())
+            elif isinstance(module, DenseConfig):
+                _write_json(os.path.join(tmp, name, "config.json"), module.to_st_dict())
+                hf.save_state_dict(hf.flax_to_state_dict(encoder.params[name]),
+                                   os.path.join(tmp, name, "model.safetensors"))
+        _write_json(os.path.join(tmp, "modules.json"), modules)
+        _write_json(os.path.join(tmp, "config_sentence_transformers.json"), {
+            "__version__": _versions(),
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        })
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf8") as f:
+            f.write(model_card_text(config, base_model=base_model or _hub_id(getattr(encoder, "source", None)),
+                                    extra=model_card))
+        _replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def save_loss_head(head_params: Mapping, directory: str, **config: Any) -> str:
+    """Writes a loss head's parameters (e.g. SoftmaxLoss' classifier) to ``directory/model.safetensors``
+    with PyTorch names (``classifier.weight`` [out, in], ``classifier.bias``) and ``directory/config.json``
+    (in_features, out_features, bias, plus ``config``). ``head_params``: ``{"classifier": {"kernel",
+    "bias"}}`` or the ``{"kernel", "bias"}`` of the classifier itself. Returns ``directory``."""
+    params = head_params if "classifier" in head_params else {"classifier": head_params}
+    if set(params) != {"classifier"} or "kernel" not in params["classifier"]:
+        raise ValueError(f"loss head params must be {{'classifier': {{'kernel', 'bias'}}}}; got keys "
+                         f"{sorted(params)} / {sorted(params.get('classifier', {}))}")
+    state = hf.flax_to_state_dict(params)
+    out_features, in_features = state["classifier.weight"].shape
+    os.makedirs(directory, exist_ok=True)
+    hf.save_state_dict(state, os.path.join(directory, "model.safetensors"))
+    _write_json(os.path.join(directory, "config.json"), {"in_features": int(in_features),
+                                                         "out_features": int(out_features),
+                                                         "bias": "classifier.bias" in state, **config})
+    return directory
+
+
+def load_loss_head(directory: str) -> dict:
+    """Reads :func:`save_loss_head`'s output -> ``{"classifier": {"kernel", "bias"}}`` (numpy)."""
+    from safetensors.numpy import load_file
+
+    path = os.path.join(directory, "model.safetensors")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: file not found (expected a loss head written by save_loss_head)")
+    state = load_file(path)
+    if "classifier.weight" not in state:
+        raise ValueError(f"{path}: no 'classifier.weight'; found {sorted(state)}")
+    head = {"kernel": np.ascontiguousarray(state["classifier.weight"].T)}
+    if "classifier.bias" in state:
+        head["bias"] = state["classifier.bias"]
+    return {"classifier": head}
+
+
+def model_card_text(config: SentenceModelConfig, base_model: str | None = None, extra: str | None = None) -> str:
+    """The README.md: metadata header, model facts, usage with sentence-transformers, transformers and jaxsbert."""
+    family = families.FAMILIES[config.family]
+    pooling = next((m for m in config.modules if isinstance(m, PoolingConfig)), None)
+    pooling_text = " + ".join(pooling.modes) if pooling else "none"
+    header = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:",
+              "- sentence-transformers", "- sentence-similarity", "- feature-extraction", "- jaxsbert"]
+    if base_model:
+        header.append(f"base_model: {base_model}")
+    header.append("---")
+    layers = [f"  ({i}): {kind}" for i, kind in enumerate(
+        [f"Transformer({family.hf_architecture}, max_seq_length={config.max_seq_length}, "
+         f"do_lower_case={config.do_lower_case})"] + [_describe(m) for m in config.modules])]
+    facts = [
+        ("Base model", base_model or "not recorded"),
+        ("Encoder architecture", f"{family.hf_architecture} (model_type `{family.name}`)"),
+        ("Embedding dimension", str(config.embedding_dim)),
+        ("Pooling", pooling_text),
+        ("Normalized embeddings", "yes" if config.normalizes else "no"),
+        ("Maximum sequence length", f"{config.max_seq_length} tokens"),
+        ("Similarity function", "cosine"),
+    ]
+    body = [
+        "# Sentence embedding model",
+        "",
+        f"This model maps sentences to {config.embedding_dim}-dimensional dense vectors for semantic search, "
+        "clustering and similarity. It was trained or exported with jaxsbert (JAX) and is stored in the "
+        "sentence-transformers format.",
+        "",
+        "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in facts],
+        "",
+        "## Architecture", "", "```", "SentenceTransformer(", *layers, ")", "```",
+        "",
+        "## Usage", "",
+        "With sentence-transformers:", "", "```python", "from sentence_transformers import SentenceTransformer", "",
+        'model = SentenceTransformer("PATH_OR_ID")',
+        'embeddings = model.encode(["A first sentence.", "Another one."])', "```", "",
+        "With jaxsbert:", "", "```python", "from jaxsbert import SentenceEncoder", "",
+        'model = SentenceEncoder.from_pretrained("PATH_OR_ID")',
+        'embeddings = model.encode(["A first sentence.", "Another one."])', "```", "",
+        "The encoder alone (token embeddings, without the pooling above) loads with "
+        "`transformers.AutoModel.from_pretrained`.",
+    ]
+    text = "\n".join(header + [""] + body) + "\n"
+    if extra:
+        text += "\n" + extra.strip() + "\n"
+    return text
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def _write_transformer(config: SentenceModelConfig, params: Mapping, directory: str, complete_pooler: bool) -> None:
+    _write_json(os.path.join(directory, "config.json"), families.hf_config_dict(config.family, config.transformer))
+    state = hf.flax_to_state_dict(params)
+    tconf = config.transformer
+    if complete_pooler and getattr(tconf, "add_pooling_layer", True) is False and "pooler.dense.weight" not in state:
+        rng = np.random.default_rng(0)
+        h = tconf.hidden_size
+        state["pooler.dense.weight"] = rng.normal(0.0, 0.02, (h, h)).astype(np.float32)
+        state["pooler.dense.bias"] = np.zeros(h, np.float32)
+    hf.save_state_dict(state, os.path.join(directory, "model.safetensors"))
+
+
+def _save_tokenizer(tokenizer: Any, max_seq_length: int, directory: str) -> None:
+    """Saves a copy of ``tokenizer`` whose tokenizer.json truncates to ``max_seq_length`` and does not pad.
+
+    A fast tokenizer's backend keeps the truncation and padding of its last call (or those it was
+    loaded with), and tokenizer.json records them; fixing them makes the export depend on the model
+    only, not on whether the tokenizer has been used.
+    """
+    tokenizer = copy.deepcopy(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.enable_truncation(max_length=max_seq_length)
+    tokenizer.save_pretrained(directory)
+
+
+def _describe(module: Any) -> str:
+    if isinstance(module, PoolingConfig):
+        return f"Pooling(dim={module.word_embedding_dimension}, modes={list(module.modes)})"
+    if isinstance(module, DenseConfig):
+        return (f"Dense(in={module.in_features}, out={module.out_features}, bias={module.bias}, "
+                f"activation={module.activation_function.rsplit('.', 1)[-1]})")
+    return "Normalize()"
+
+
+def _versions() -> dict[str, str]:
+    import jax
+
+    import jaxsbert
+
+    out = {}
+    for key, dist in (("sentence_transformers", "sentence-transformers"), ("transformers", "transformers"),
+                      ("pytorch", "torch")):
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    out.update({EXPORT_MARKER: jaxsbert.__version__, "jax": jax.__version__})
+    return out
+
+
+def _hub_id(source: str | None) -> str | None:
+    """``source`` if it looks like a hub id (``org/name``, not a local path), else None."""
+    if not source or os.path.exists(source) or os.path.isabs(source) or source.startswith("."):
+        return None
+    parts = source.split("/")
+    return source if len(parts) == 2 and all(parts) else None
+
+
+def _is_previous_export(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, "config_sentence_transformers.json")) as f:
+            return EXPORT_MARKER in json.load(f).get("__version__", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_target(directory: str, overwrite: bool) -> None:
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{directory}: exists and is not a directory")
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite and not _is_previous_export(directory):
+        raise FileExistsError(f"{directory}: directory is not empty and is not a previous jaxsbert export; "
+                              "pass overwrite=True to replace it")
+
+
+def _replace(new: str, directory: str) -> None:
+    """Moves the finished export ``new`` to ``directory`` (replacing what is there) with renames."""
+    if not os.path.exists(directory):
+        os.rename(new, directory)
+        return
+    old = f"{new}.old"
+    os.rename(directory, old)
+    try:
+        os.rename(new, directory)
+    except BaseException:
+        os.rename(old, directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w", encoding="utf8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")

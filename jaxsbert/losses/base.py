@@ -1,0 +1,341 @@
+"""The ``Loss`` interface every loss implements, its input checks, and the similarity helpers they share.
+
+A loss is a frozen (hashable) dataclass holding its hyper-parameters. It is called on the
+embeddings of the input columns of one (global) batch::
+
+    loss(head_params, embeddings, labels, mask) -> scalar
+
+* ``head_params``: the loss's own trainable parameters (``{}`` for all but ``SoftmaxLoss``),
+  created by ``loss.init_head(rng, embedding_dim)``.
+* ``embeddings``: one ``[B, D]`` array per input column, in dataset column order.
+* ``labels``: ``[B]`` array, or ``None`` for losses that take no label.
+* ``mask``: ``[B]`` bool, ``False`` on the padding rows of a fixed-size batch. Padding rows change
+  nothing: the value and the gradients equal those of the loss on the valid rows alone. ``None``
+  means every row is valid.
+
+All functions are pure and jit-able. Under ``jax.jit`` with the batch axis sharded over devices, a
+loss sees the global batch, so in-batch negatives span all devices without explicit gathers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsbert.data.packing import is_packed
+
+EmbedFn = Callable[[Any, dict, Optional[jax.Array]], jax.Array]
+"""``embed_fn(params, features, rng) -> [b, D]``: the model's forward pass on one column's features."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Similarities and distances (fp32, NaN-free gradients where the input vector is zero)
+# --------------------------------------------------------------------------------------------------
+
+def safe_norm(x: jax.Array, eps: float = 0.0, axis: int = -1, keepdims: bool = False) -> jax.Array:
+    """``max(||x||, eps)`` computed as ``sqrt(max(sum x^2, eps^2))``: same value, but a zero vector
+    gets a zero gradient instead of NaN (padding rows are often all-zero embeddings)."""
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    if eps > 0:
+        return jnp.sqrt(jnp.maximum(sq, eps * eps))
+    safe = sq > 0
+    return jnp.where(safe, jnp.sqrt(jnp.where(safe, sq, 1.0)), 0.0)
+
+
+def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """L2 normalisation along the last axis, as ``torch.nn.functional.normalize``: x / max(||x||, eps)."""
+    return x / safe_norm(x, eps, keepdims=True)
+
+
+def cos_sim(a: jax.Array, b: jax.Array) -> jax.Array:
+    """[n, D], [m, D] -> [n, m] cosine similarities (sentence-transformers' ``util.cos_sim``)."""
+    return normalize(a) @ normalize(b).T
+
+
+def dot_score(a: jax.Array, b: jax.Array) -> jax.Array:
+    """[n, D], [m, D] -> [n, m] dot products (``util.dot_score``)."""
+    return a @ b.T
+
+
+def pairwise_cos_sim(a: jax.Array, b: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """[B, D], [B, D] -> [B]: cos(a_i, b_i). ``eps=1e-8`` gives ``torch.cosine_similarity``."""
+    return jnp.sum(normalize(a, eps) * normalize(b, eps), axis=-1)
+
+
+def pairwise_angle_sim(x: jax.Array, y: jax.Array) -> jax.Array:
+    """AnglE similarity |cos(x, y) + sin(x, y)| after L2 normalisation; dimension i pairs with i + D/2
+    (an odd D is padded with one zero), as ``util.pairwise_angle_sim``."""
+    if x.shape[-1] % 2:
+        pad = [(0, 0)] * (x.ndim - 1) + [(0, 1)]
+        x, y = jnp.pad(x, pad), jnp.pad(y, pad)
+    x, y = normalize(x), normalize(y)
+    h = x.shape[-1] // 2
+    cosines = jnp.sum(x * y, axis=-1)
+    sines = jnp.sum(x[..., h:] * y[..., :h] - x[..., :h] * y[..., h:], axis=-1)
+    return jnp.abs(cosines + sines)
+
+
+SIMILARITY_FNS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {"cos_sim": cos_sim, "dot_score": dot_score}
+_SIMILARITY_ALIASES = {"cos_sim": "cos_sim", "cosine": "cos_sim", "pytorch_cos_sim": "cos_sim",
+                       "dot_score": "dot_score", "dot": "dot_score"}
+
+
+def similarity_name(name: str, loss: str) -> str:
+    """Canonical name ('cos_sim' or 'dot_score') of a similarity given by name (``util.cos_sim`` spellings accepted)."""
+    key = str(name).rsplit(".", 1)[-1]
+    if key not in _SIMILARITY_ALIASES:
+        raise ValueError(f"{loss}: unknown similarity_fct {name!r}; supported: 'cos_sim' (default), 'dot_score'")
+    return _SIMILARITY_ALIASES[key]
+
+
+def metric_name(name: str, choices: dict[str, str], loss: str, argument: str = "distance_metric") -> str:
+    """Resolves a distance-metric spelling (``"cosine"``, ``"TripletDistanceMetric.COSINE"``, ...) to its canonical name."""
+    key = str(name).rsplit(".", 1)[-1].lower()
+    if key not in choices:
+        supported = sorted(set(choices.values()))
+        raise ValueError(f"{loss}: unknown {argument} {name!r}; supported: {supported}")
+    return choices[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Masked reductions
+# --------------------------------------------------------------------------------------------------
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``values`` over ``mask``; 0 when nothing is valid."""
+    total = jnp.sum(jnp.where(mask, values, 0.0))
+    return total / jnp.maximum(jnp.sum(mask), 1).astype(values.dtype)
+
+
+def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.where(mask, values, 0.0))
+
+
+def zero_padding(embeddings: Sequence[jax.Array], mask: jax.Array) -> tuple[jax.Array, ...]:
+    """Replaces padding rows by zeros. Their gradient is then exactly zero, and any NaN a loss's
+    backward pass may produce inside a padding row (a norm at 0, say) stops here."""
+    return tuple(jnp.where(mask[:, None], e, 0.0) for e in embeddings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------------
+
+def _where(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def check_labels_numeric(loss: str, labels: Any, source: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"{_where(source)}{loss} expects one label per example (a 1-D column), got shape {labels.shape}")
+    if labels.dtype == object or not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
+        raise ValueError(f"{_where(source)}{loss} expects numeric labels, got dtype {labels.dtype}")
+    if labels.size and not np.all(np.isfinite(labels.astype(np.float64))):
+        row = int(np.argmin(np.isfinite(labels.astype(np.float64))))
+        raise ValueError(f"{_where(source)}{loss} expects finite labels; the label column has NaN or inf "
+                         f"(first at row {row}: {labels[row]})")
+    return labels
+
+
+def check_labels_integer(loss: str, labels: Any, source: str, what: str = "integer class ids") -> np.ndarray:
+    labels = check_labels_numeric(loss, labels, source)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            bad = labels[np.mod(labels, 1) != 0][:3]
+            row = int(np.argmax(np.mod(labels, 1) != 0))
+            raise ValueError(f"{_where(source)}{loss} expects {what}, got non-integer labels such as {bad.tolist()} "
+                             f"(first at row {row})")
+    return labels
+
+
+def check_labels_range(loss: str, labels: np.ndarray, low: float, high: float, source: str, hint: str = "",
+                       high_inclusive: bool = True) -> None:
+    if not labels.size:
+        return
+    lo, hi = labels.min(), labels.max()
+    above = hi > high if high_inclusive else hi >= high
+    if lo < low or above:
+        interval = f"[{low}, {high}]" if high_inclusive else f"[{low}, {high})"
+        outside = (labels < low) | ((labels > high) if high_inclusive else (labels >= high))
+        row = int(np.argmax(outside))
+        raise ValueError(f"{_where(source)}{loss} expects labels in {interval}, got values from {lo} to {hi} "
+                         f"(first outside at row {row}: {labels[row]})" + (f"; {hint}" if hint else ""))
+
+
+# --------------------------------------------------------------------------------------------------
+# The interface
+# --------------------------------------------------------------------------------------------------
+
+def _column_rng(rng: jax.Array | None, column: int) -> jax.Array | None:
+    return None if rng is None else jax.random.fold_in(rng, column)
+
+
+def group_columns(features: Sequence[dict]) -> list[list[int]]:
+    """Columns grouped by identical feature structure, shapes and dtypes (in column order)."""
+    groups: dict[Any, list[int]] = {}
+    for c, f in enumerate(features):
+        leaves, tree = jax.tree_util.tree_flatten(f)
+        key = (tree, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+        groups.setdefault(key, []).append(c)
+    return list(groups.values())
+
+
+def embed_columns(embed_fn: EmbedFn, params: Any, features: Sequence[dict], rng: jax.Array | None) -> tuple:
+    """Each column's embeddings. Columns with the same feature shapes go through the encoder as one
+    concatenated batch (rows column-major), keyed ``fold_in(rng, first column of the group)``."""
+    out: list = [None] * len(features)
+    for columns in group_columns(features):
+        if len(columns) == 1:
+            out[columns[0]] = embed_fn(params, features[columns[0]], _column_rng(rng, columns[0]))
+            continue
+        merged = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *[features[c] for c in columns])
+        emb = embed_fn(params, merged, _column_rng(rng, columns[0]))
+        for i, part in enumerate(jnp.split(emb, len(columns), axis=0)):
+            out[columns[i]] = part
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """Base class. Subclasses set the class attributes and implement :meth:`compute`.
+
+    Class attributes:
+      ``name``: the sentence-transformers class name.
+      ``min_columns`` / ``max_columns``: how many input columns the loss takes (``None``: no maximum).
+      ``label_mode``: ``"none"`` (no label column), ``"required"``, or ``"optional"``.
+      ``columns_doc`` / ``label_doc``: what the columns and the label are, for error messages and docs.
+    """
+    name: ClassVar[str] = "Loss"
+    min_columns: ClassVar[int] = 2
+    max_columns: ClassVar[Optional[int]] = 2
+    label_mode: ClassVar[str] = "none"
+    columns_doc: ClassVar[str] = "(anchor, positive)"
+    label_doc: ClassVar[str] = "none"
+
+    # ---- what subclasses implement ------------------------------------------------------------
+    def compute(self, head_params: Any, embeddings: tuple[jax.Array, ...], labels: jax.Array | None,
+                mask: jax.Array) -> jax.Array:
+        """The loss on checked inputs (``mask`` is a [B] bool array; padding rows already zeroed)."""
+        raise NotImplementedError
+
+    def check_label_values(self, labels: np.ndarray, source: str) -> None:
+        """Checks the values of a label column (called by :meth:`check_inputs`); default: numeric."""
+        check_labels_numeric(self.name, labels, source)
+
+    # ---- the public interface -----------------------------------------------------------------
+    def init_head(self, rng: jax.Array, embedding_dim: int) -> Any:
+        """The loss's trainable parameters (a pytree); ``{}`` for losses without any."""
+        return {}
+
+    def head_state_dict(self, head_params: Any) -> dict[str, np.ndarray]:
+        """The head as a PyTorch state dict of the sentence-transformers loss module (``{}`` when none)."""
+        return {}
+
+    def expects(self) -> str:
+        """One line saying what the loss takes, for error messages."""
+        if self.max_columns is None:
+            n = f"at least {self.min_columns}"
+        elif self.min_columns == self.max_columns:
+            n = str(self.min_columns)
+        else:
+            n = f"{self.min_columns} to {self.max_columns}"
+        lab = {"none": "no label column", "required": f"a label column ({self.label_doc})",
+               "optional": f"an optional label column ({self.label_doc})"}[self.label_mode]
+        return f"{self.name} expects {n} input column(s) {self.columns_doc} and {lab}"
+
+    def check_inputs(self, num_columns: int, labels: np.ndarray | None, source: str = "") -> None:
+        """Raises ValueError (saying what the loss expects) if a dataset with ``num_columns`` input
+        columns and this label column (``None``: no label column) does not fit the loss."""
+        if num_columns < self.min_columns or (self.max_columns is not None and num_columns > self.max_columns):
+            raise ValueError(f"{_where(source)}{self.expects()}; got {num_columns} input column(s)")
+        if labels is None and self.label_mode == "required":
+            raise ValueError(f"{_where(source)}{self.expects()}; the dataset has no label column "
+                             "(a column named 'label' or 'score')")
+        if labels is not None and self.label_mode == "none":
+            raise ValueError(f"{_where(source)}{self.expects()}; the dataset has a label column, which this loss "
+                             "would ignore: remove it (or rename it if it is an input)")
+        if labels is not None:
+            self.check_label_values(np.asarray(labels), source)
+
+    def __call__(self, head_params: Any, embeddings: Sequence[jax.Array], labels: jax.Array | None = None,
+                 mask: jax.Array | None = None) -> jax.Array:
+        """The loss value (a float32 scalar) on one batch; see the module docstring."""
+        embeddings = tuple(jnp.asarray(e, jnp.float32) for e in embeddings)
+        n = len(embeddings)
+        if n < self.min_columns or (self.max_columns is not None and n > self.max_columns):
+            raise ValueError(f"{self.expects()}; got {n} embedding array(s)")
+        shapes = {e.shape for e in embeddings}
+        if len(shapes) != 1 or len(embeddings[0].shape) != 2:
+            raise ValueError(f"{self.name} expects every column's embeddings as [B, D] arrays of one shape, "
+                             f"got shapes {[e.shape for e in embeddings]}")
+        batch = embeddings[0].shape[0]
+        if labels is None and self.label_mode == "required":
+            raise ValueError(f"{self.expects()}; got labels=None")
+        if labels is not None and self.label_mode == "none":
+            raise ValueError(f"{self.expects()}; got labels")
+        if labels is not None:
+            labels = jnp.asarray(labels)
+            if labels.shape != (batch,):
+                raise ValueError(f"{self.name} expects one label per row, shape ({batch},), got {labels.shape}")
+        if mask is None:
+            mask = jnp.ones((batch,), bool)
+        else:
+            mask = jnp.asarray(mask)
+            if mask.shape != (batch,):
+                raise ValueError(f"{self.name} expects a [B] validity mask of shape ({batch},), got {mask.shape}")
+            mask = mask.astype(bool)
+            embeddings = zero_padding(embeddings, mask)
+        return self.compute(head_params, embeddings, labels, mask)
+
+    def value_and_grad(self, embed_fn: EmbedFn, params: Any, head_params: Any, features: Sequence[dict],
+                       labels: jax.Array | None = None, mask: jax.Array | None = None,
+                       rng: jax.Array | None = None) -> tuple[jax.Array, tuple[Any, Any]]:
+        """Loss and gradients wrt the model and head parameters for one batch.
+
+        ``features``: one feature dict per input column (arrays with leading axis B), or one packed
+        feature dict whose ``slots`` are [B, columns] (:mod:`jaxsbert.data.packing`). Column ``c``
+        is embedded as ``embed_fn(params, features[c], fold_in(rng, c))`` (``rng=None`` passes None);
+        columns with identical feature shapes are embedded in one call (see :func:`embed_columns`).
+        Returns ``(loss, (param_grads, head_grads))``. Losses that cache gradients
+        (``grad_cache_mini_batch_size()`` not None) embed and back-propagate in chunks instead,
+        with the same result (see :mod:`jaxsbert.losses.gradcache`).
+        """
+        chunk = self.grad_cache_mini_batch_size()
+        if is_packed(features):
+            if chunk is not None:
+                raise ValueError(f"{self.name} embeds in chunks and cannot take packed batches; "
+                                 "turn packing off for this dataset (config data.packing=False)")
+
+            def total_packed(p, h):
+                emb = embed_fn(p, features, rng)              # [B, columns, D]
+                return self(h, tuple(emb[:, c] for c in range(emb.shape[1])), labels, mask)
+
+            return jax.value_and_grad(total_packed, argnums=(0, 1))(params, head_params)
+        features = tuple(features)
+        if chunk is not None:
+            from jaxsbert.losses.gradcache import grad_cache_value_and_grad
+
+            return grad_cache_value_and_grad(lambda e, h: self(h, e, labels, mask), embed_fn, params, head_params,
+                                             features, rng, chunk, self.name)
+
+        def total(p, h):
+            return self(h, embed_columns(embed_fn, p, features, rng), labels, mask)
+
+        loss, grads = jax.value_and_grad(total, argnums=(0, 1))(params, head_params)
+        return loss, grads
+
+    def grad_cache_mini_batch_size(self) -> Optional[int]:
+        """Rows per chunk when :meth:`value_and_grad` uses gradient caching; None: one plain pass."""
+        return None
+
+    def config_dict(self) -> dict[str, Any]:
+        """Hyper-parameters (like sentence-transformers' ``get_config_dict``)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.config_dict() | {"name": v.name} if isinstance(v, Loss) else v
+        return out

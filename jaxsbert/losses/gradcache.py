@@ -1,0 +1,107 @@
+"""Gradient caching (GradCache, Gao et al. 2021): a contrastive loss over a large batch with the
+activation memory of one mini-batch.
+
+1. Embed every column chunk by chunk without keeping activations (``lax.map``; nothing is
+   differentiated, so nothing is stored).
+2. Compute the loss on the full-batch embeddings and its gradient wrt the embeddings (and the
+   loss head).
+3. Re-run each chunk's forward pass under ``jax.vjp`` and pull its slice of the cached embedding
+   gradient back to the parameters, summing over chunks (``lax.scan``: one chunk's activations
+   alive at a time).
+
+Both passes give chunk ``k`` of column ``c`` the dropout key ``fold_in(fold_in(rng, c), k)``, so
+the re-run reproduces the first pass exactly and the parameter gradients equal those of the
+un-chunked loss (with the same dropout masks).
+
+Chunk ``k`` holds rows ``k, k + n, k + 2n, ...`` (``n`` = number of chunks): a batch sharded over
+devices along its first axis is reshaped to ``[chunk, n, ...]`` and every chunk spans every device,
+so the passes run data-parallel without moving rows between devices.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxsbert.losses.base import EmbedFn, _column_rng, group_columns
+
+
+def chunk_layout(batch_size: int, mini_batch_size: int, loss: str = "loss") -> tuple[int, int]:
+    """(chunk size, number of chunks) for a batch; the chunk is the whole batch if it is smaller."""
+    if mini_batch_size < 1:
+        raise ValueError(f"{loss}: mini_batch_size must be >= 1, got {mini_batch_size}")
+    chunk = min(mini_batch_size, batch_size)
+    if batch_size % chunk:
+        raise ValueError(f"{loss}: the batch size {batch_size} is not a multiple of mini_batch_size {chunk}; "
+                         f"choose a mini_batch_size that divides the (global, padded) batch size")
+    return chunk, batch_size // chunk
+
+
+def split_chunks(x: jax.Array, n_chunks: int) -> jax.Array:
+    """[B, ...] -> [n_chunks, B // n_chunks, ...] with chunk k = rows k::n_chunks."""
+    return jnp.swapaxes(x.reshape(x.shape[0] // n_chunks, n_chunks, *x.shape[1:]), 0, 1)
+
+
+def merge_chunks(x: jax.Array) -> jax.Array:
+    """Inverse of :func:`split_chunks`: [n_chunks, chunk, ...] -> [B, ...] in the original row order."""
+    return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _batch_size(features: dict) -> int:
+    sizes = {jnp.shape(v)[0] for v in jax.tree_util.tree_leaves(features)}
+    if len(sizes) != 1:
+        raise ValueError(f"a column's features disagree on the batch size: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def grad_cache_value_and_grad(loss_fn: Callable[[tuple, Any], jax.Array], embed_fn: EmbedFn, params: Any,
+                              head_params: Any, features: Sequence[dict], rng: jax.Array | None,
+                              mini_batch_size: int, name: str = "loss") -> tuple[jax.Array, tuple[Any, Any]]:
+    """``(loss, (param_grads, head_grads))`` of ``loss_fn(embeddings, head_params)`` where column ``c``'s
+    embeddings are ``embed_fn(params, features[c], .)``, computed in chunks of ``mini_batch_size`` rows.
+
+    Columns whose features have the same shapes share one ``lax.map`` / ``lax.scan`` (one copy of
+    the encoder in the compiled program); every (column, chunk) still gets its own dropout key."""
+    features = tuple(features)
+    batch = _batch_size(features[0])
+    for c, f in enumerate(features[1:], 1):
+        if _batch_size(f) != batch:
+            raise ValueError(f"{name}: column {c} has {_batch_size(f)} rows, column 0 has {batch}")
+    _, n_chunks = chunk_layout(batch, mini_batch_size, name)
+    ids = jnp.arange(n_chunks)
+
+    def stack(columns, arrays):   # per-column [B, ...] -> [len(columns) * n_chunks, chunk, ...]
+        out = jnp.stack([split_chunks(a, n_chunks) for a in arrays])
+        return out.reshape(len(columns) * n_chunks, *out.shape[2:])
+
+    groups = []
+    for columns in group_columns(features):
+        xs = jax.tree_util.tree_map(lambda *a, cols=columns: stack(cols, a), *[features[c] for c in columns])
+        keys = None if rng is None else jnp.concatenate(
+            [jax.vmap(jax.random.fold_in, (None, 0))(_column_rng(rng, c), ids) for c in columns])
+        groups.append((columns, xs, keys))
+
+    # Pass 1: embeddings without activations.
+    embeddings = [None] * len(features)
+    for columns, xs, keys in groups:
+        out = jax.lax.map(lambda a: embed_fn(params, a[0], a[1]), (xs, keys))
+        out = jax.lax.stop_gradient(out).reshape(len(columns), n_chunks, *out.shape[1:])
+        for i, c in enumerate(columns):
+            embeddings[c] = merge_chunks(out[i])
+
+    # Pass 2: the loss and its gradient wrt the embeddings (and the head).
+    loss, (emb_grads, head_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(tuple(embeddings), head_params)
+
+    # Pass 3: back-propagate each chunk's cached embedding gradient through the encoder.
+    def body(acc, a):
+        f_k, r_k, g_k = a
+        _, pullback = jax.vjp(lambda p: embed_fn(p, f_k, r_k), params)
+        (g_params,) = pullback(g_k)
+        return jax.tree_util.tree_map(jnp.add, acc, g_params), None
+
+    grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for columns, xs, keys in groups:
+        g = stack(columns, [emb_grads[c] for c in columns])
+        grads, _ = jax.lax.scan(body, grads, (xs, keys, g))
+    return loss, (grads, head_grads)
