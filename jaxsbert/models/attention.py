@@ -14,6 +14,23 @@ import jax
 import jax.numpy as jnp
 
 
+def heads_first(t: jax.Array, heads: int) -> jax.Array:
+    """[B, L, heads * d] -> [B, heads, L, d]."""
+    return t.reshape(t.shape[:-1] + (heads, t.shape[-1] // heads)).swapaxes(-2, -3)
+
+
+def attention_probs(q: jax.Array, k: jax.Array, bias: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(d) + bias) in float32 for [B, heads, L, d] queries and keys."""
+    scores = jnp.matmul(q, k.swapaxes(-1, -2)).astype(jnp.float32) / jnp.sqrt(jnp.float32(q.shape[-1]))
+    return jax.nn.softmax(scores + bias, axis=-1)
+
+
+def merge_heads(t: jax.Array) -> jax.Array:
+    """[B, heads, L, d] -> [B, L, heads * d]."""
+    t = t.swapaxes(-2, -3)
+    return t.reshape(t.shape[:-2] + (t.shape[-2] * t.shape[-1],))
+
+
 class MultiHeadAttention(nn.Module):
     hidden_size: int
     num_heads: int
@@ -32,15 +49,13 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"hidden size {self.hidden_size} is not a multiple of the number of heads {heads}")
 
         def project(name):
-            y = nn.Dense(self.hidden_size, dtype=self.dtype, name=name)(x)
-            return y.reshape(y.shape[:-1] + (heads, head_dim))
+            return heads_first(nn.Dense(self.hidden_size, dtype=self.dtype, name=name)(x), heads)
 
         q, k, v = project(self.query), project(self.key), project(self.value)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(head_dim))
-        probs = jax.nn.softmax(scores + bias, axis=-1)
+        # batched matmuls with heads as a batch axis: XLA lays these out better than a 4-index einsum
+        probs = attention_probs(q, k, bias)
         probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        out = out.reshape(out.shape[:-2] + (self.hidden_size,))
+        out = merge_heads(jnp.matmul(probs, v))
         if self.out is not None:
             out = nn.Dense(self.hidden_size, dtype=self.dtype, name=self.out)(out)
         return out

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxsbert.models.attention import attention_probs, heads_first, merge_heads
+
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -71,15 +73,11 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x, bias, deterministic: bool):
         c = self.config
-        heads, head_dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-        dense = lambda name: nn.Dense(c.hidden_size, dtype=self.dtype, name=name)
-        split = lambda t: t.reshape(t.shape[:-1] + (heads, head_dim))
-        q, k, v = split(dense("query")(x)), split(dense("key")(x)), split(dense("value")(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(head_dim).astype(jnp.float32)
-        probs = jax.nn.softmax(scores + bias, axis=-1)
+        dense = lambda name: heads_first(nn.Dense(c.hidden_size, dtype=self.dtype, name=name)(x), c.num_attention_heads)
+        q, k, v = dense("query"), dense("key"), dense("value")
+        probs = attention_probs(q, k, bias)
         probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        return out.reshape(out.shape[:-2] + (c.hidden_size,))
+        return merge_heads(jnp.matmul(probs, v))
 
 
 class DenseResidualNorm(nn.Module):
