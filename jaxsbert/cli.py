@@ -51,12 +51,30 @@ def cmd_train(args) -> None:
     from jaxsbert.config import ConfigError, build_config
     from jaxsbert.training.loop import train
 
+    from jaxsbert.training.checkpoint import CheckpointMismatchError
+    from jaxsbert.training.preemption import WorkdirLockedError
+
     try:
         config = build_config(args.config, args.override)
     except ConfigError as e:
         raise SystemExit(f"error: {e}")
-    result = train(config, args.workdir, resume=args.resume)
+    try:
+        result = train(config, args.workdir, resume=args.resume)
+    except (WorkdirLockedError, CheckpointMismatchError, FileExistsError, FloatingPointError) as e:
+        raise SystemExit(f"error: {e}")
     print(json.dumps({k: v for k, v in result.items() if k != "state"}, indent=2, default=str))
+    if result.get("stopped"):
+        import shlex
+        import signal
+
+        command = ["jaxsbert", "train", args.config, "--workdir", args.workdir]
+        for item in args.override:
+            command += ["-o", item]
+        reason = f"stopped by {result['signal']}" if result.get("signal") else "stopped"
+        print(f"{reason} at step {result['steps']}; a checkpoint is saved. Resume with:\n  "
+              f"{shlex.join(command + ['--resume'])}", file=sys.stderr)
+        if result.get("signal"):      # the conventional status of a run ended by a signal: 128 + its number
+            raise SystemExit(128 + signal.Signals[result["signal"]].value)
 
 
 def cmd_eval(args) -> None:

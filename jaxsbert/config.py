@@ -27,6 +27,11 @@ DEFAULTS: dict[str, Any] = {
         "batch_sampler": "batch_sampler",          # or "no_duplicates"
         "drop_last": False,
         "data_root": None,           # where named datasets (stsb, sick) live; None: ../shared/data
+        # pack several sentences per row (jaxsbert.data.packing): "auto" (every loss that does not
+        # embed in chunks), True, False, or {dataset name: bool}
+        "packing": "auto",
+        "pack_length": 128,          # tokens per packed row (longer if a sentence is longer)
+        "max_segments": 32,          # sentences per packed row at most
     },
     # loss spec, or name -> loss spec with the same names as data.train
     "loss": {"name": "MultipleNegativesRankingLoss"},
@@ -148,6 +153,44 @@ def load_config_file(path_or_name: str) -> dict:
     return merge(DEFAULTS, module.get_config(), source=path)
 
 
+# keys that take more than the type of their default
+_ALSO_ACCEPTED: dict[str, tuple[type, ...]] = {"data.batch_sampler": (dict,), "data.packing": (bool, dict)}
+_CHOICES: dict[str, tuple[str, ...]] = {"nonfinite": ("skip", "stop"), "compute_dtype": ("float32", "bfloat16")}
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def check_config(config: dict, defaults: dict = DEFAULTS, prefix: str = "", source: str = "config") -> None:
+    """ConfigError naming the key whose value has the wrong type (``batch_size="32"``) or is not one of
+    its choices. ``None`` is accepted everywhere (it means "the default behaviour")."""
+    for key, default in defaults.items():
+        path = prefix + key
+        value = config.get(key)
+        if path in _OPEN_DICTS or value is None or default is None:
+            continue
+        if path in _CHOICES and value not in _CHOICES[path]:
+            raise ConfigError(f"{source}: config key {path!r} must be one of {list(_CHOICES[path])}, got {value!r}")
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: config key {path!r} must be a dict, got {value!r} ({type(value).__name__})")
+            check_config(value, default, path + ".", source)
+        elif not (_type_ok(value, default) or isinstance(value, _ALSO_ACCEPTED.get(path, ()))):
+            want = {bool: "True or False", int: "an int", float: "a number", str: "a string"}.get(
+                type(default), f"a {type(default).__name__}")
+            raise ConfigError(f"{source}: config key {path!r} must be {want} (like its default {default!r}), "
+                              f"got {value!r} ({type(value).__name__})")
+
+
 def build_config(path_or_name: str | None = None, overrides: list[str] | None = None, base: dict | None = None) -> dict:
     config = load_config_file(path_or_name) if path_or_name else merge(DEFAULTS, base or {})
-    return apply_overrides(config, overrides or [])
+    config = apply_overrides(config, overrides or [])
+    check_config(config, source=path_or_name or "config")
+    return config

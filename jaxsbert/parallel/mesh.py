@@ -36,6 +36,13 @@ def make_mesh(mesh_config: dict | None = None, devices: list | None = None) -> M
     return Mesh(grid, BATCH_AXES)
 
 
+def check_batch_size(mesh: Mesh, batch_size: int) -> None:
+    """The global batch is split over every device of the mesh: it must be a multiple of their number."""
+    if batch_size % mesh.size:
+        raise ValueError(f"batch_size {batch_size} (the global batch) is not a multiple of the {mesh.size} devices "
+                         f"of the mesh {dict(mesh.shape)}; choose a multiple of {mesh.size}")
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over every device."""
     return NamedSharding(mesh, P(BATCH_AXES))
@@ -71,3 +78,22 @@ def global_batch(mesh: Mesh, local_batch: Any) -> Any:
         return jax.device_put(local_batch, sharding)
     return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                                   local_batch)
+
+
+def local_copy(tree: Any) -> Any:
+    """Full copies of (possibly sharded, multi-process) arrays on this process's first device, for
+    process-local work (evaluation, export). An array sharded across processes is all-gathered, so when
+    any is, every process must call this with the same tree, in the same order."""
+    from jax.experimental import multihost_utils
+
+    device = jax.local_devices()[0]
+
+    def copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                x = x.addressable_data(0)
+            else:
+                x = multihost_utils.process_allgather(x, tiled=True)
+        return jax.device_put(x, device)
+
+    return jax.tree_util.tree_map(copy, tree)

@@ -19,7 +19,7 @@ from jaxsbert.encoder import SentenceEncoder
 from jaxsbert.losses import get_loss
 from jaxsbert.models.bundled import resolve_model
 from jaxsbert.parallel import distributed, mesh as pmesh
-from jaxsbert.training import evaluators as tevals
+from jaxsbert.training import evaluators as tevals, preemption
 from jaxsbert.training.checkpoint import Checkpointer
 from jaxsbert.training.metrics import MetricsWriter
 from jaxsbert.training.optimizer import make_optimizer
@@ -83,7 +83,7 @@ def prepare(config: dict) -> Run:
     for name, spec in _loss_specs(config, list(datasets_)).items():
         spec = dict(spec)
         losses[name] = get_loss(spec.pop("name"), **spec)
-        columns = jdata.split_columns(datasets_[name])
+        columns = jdata.validate_dataset(datasets_[name], name=f"dataset {name!r}")   # file, column, row
         labels = np.asarray(datasets_[name][columns.label]) if columns.label else None
         losses[name].check_inputs(len(columns.inputs), labels, source=f"dataset {name!r} ({jdata.dataset_source(datasets_[name])})")
         has_labels[name] = columns.label is not None
@@ -91,15 +91,38 @@ def prepare(config: dict) -> Run:
                               batch_sampler=data_cfg["batch_sampler"],
                               multi_dataset_sampler=data_cfg["multi_dataset_sampler"],
                               drop_last=bool(data_cfg["drop_last"]), seed=int(config["seed"]),
-                              process_index=jax.process_index(), process_count=jax.process_count(), prefetch=2)
+                              process_index=jax.process_index(), process_count=jax.process_count(), prefetch=2,
+                              packing=_packing(data_cfg["packing"], losses), pack_length=int(data_cfg["pack_length"]),
+                              max_segments=int(data_cfg["max_segments"]), row_multiple=jax.local_device_count())
     total = int(config["max_steps"]) if int(config["max_steps"]) > 0 else loader.total_steps(int(config["epochs"]))
     evaluators = {name: tevals.build_evaluator(name, spec, data_root=data_cfg.get("data_root"), losses=losses)
                   for name, spec in data_cfg["eval"].items()}
     return Run(config, encoder, loader, losses, has_labels, evaluators, total)
 
 
+def _packing(setting: Any, losses: dict) -> dict[str, bool]:
+    """Which datasets are packed: "auto" packs every dataset whose loss does not embed in chunks."""
+    if isinstance(setting, dict):
+        unknown = sorted(set(setting) - set(losses))
+        if unknown:
+            raise ValueError(f"data.packing names unknown dataset(s) {unknown}; datasets: {sorted(losses)}")
+        packed = {name: bool(setting.get(name, False)) for name in losses}
+    elif setting == "auto":
+        packed = {name: loss.grad_cache_mini_batch_size() is None for name, loss in losses.items()}
+    elif isinstance(setting, bool):
+        packed = {name: setting for name in losses}
+    else:
+        raise ValueError(f"data.packing must be 'auto', True, False or {{dataset: bool}}; got {setting!r}")
+    for name, loss in losses.items():
+        if packed[name] and loss.grad_cache_mini_batch_size() is not None:
+            raise ValueError(f"data.packing: dataset {name!r} uses {loss.name}, which embeds in chunks and "
+                             "cannot be packed; set data.packing='auto' or False for it")
+    return packed
+
+
 def _evaluate(run: Run, params, heads, step: int, writer: MetricsWriter) -> dict[str, float]:
     encoder = run.encoder
+    params, heads = pmesh.local_copy((params, heads))   # encode runs process-locally, on one device
     encoder.params = params
     results = {}
     for name, evaluator in run.evaluators.items():
@@ -113,16 +136,29 @@ def _evaluate(run: Run, params, heads, step: int, writer: MetricsWriter) -> dict
 
 
 def train(config: dict, workdir: str, resume: bool = False) -> dict:
-    """Runs training as configured; returns a summary (final metrics, paths, timings)."""
+    """Runs training as configured; returns a summary (final metrics, paths, timings).
+
+    The workdir is locked for the run. SIGTERM / SIGINT save a checkpoint at the next step boundary and
+    return a summary with ``stopped=True`` and ``signal`` (resume with ``resume=True``).
+    """
     _setup_logging()
     distributed.maybe_initialize(config.get("distributed"))
     os.makedirs(workdir, exist_ok=True)
+    with preemption.WorkdirLock(workdir, jax.process_index(), jax.process_count()), \
+            preemption.StopSignals(jax.process_count(), sync_every=int(config["log_every"])) as stop:
+        return _train(config, workdir, resume, stop)
+
+
+def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignals) -> dict:
     t_start = time.time()
     run = prepare(config)
     encoder = run.encoder
+    config_path = os.path.join(workdir, "config.json")
+    started_before = os.path.exists(config_path)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with open(config_path + ".tmp", "w") as f:
             json.dump(config, f, indent=2, default=str)
+        os.replace(config_path + ".tmp", config_path)    # atomic: a kill never leaves half a config
 
     optim = config["optim"]
     accum = int(optim.get("grad_accum_steps") or 1)
@@ -134,6 +170,7 @@ def train(config: dict, workdir: str, resume: bool = False) -> dict:
     heads = {k: v for k, v in heads.items() if jax.tree_util.tree_leaves(v)}
 
     mesh = pmesh.make_mesh(config.get("mesh"))
+    pmesh.check_batch_size(mesh, int(config["batch_size"]))
     state = init_state(encoder.params, heads, tx, int(config["seed"]))
     state_sharding = pmesh.param_sharding(mesh, state)
     state = jax.device_put(state, state_sharding)
@@ -141,17 +178,16 @@ def train(config: dict, workdir: str, resume: bool = False) -> dict:
     ckpt_cfg = config["checkpoint"]
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ckpt_cfg["keep"]),
                                 async_save=bool(ckpt_cfg["async"]))
-    position = jdata.Position()
-    if resume:
-        if checkpointer.latest_step() is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {checkpointer.directory}")
-        state, meta = checkpointer.restore(state)
-        position = jdata.Position.of(meta["data_position"])
-        log.info("resumed from step %d (data position %s)", int(state["step"]), position)
+    try:
+        state, position = _start_or_resume(checkpointer, state, resume, started_before, workdir)
+    except BaseException:
+        checkpointer.close()
+        raise
 
     compute_dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config["compute_dtype"]]
     from jaxsbert.models.sentence_model import SentenceModel
-    module = SentenceModel(encoder.config, dtype=compute_dtype, remat=bool(config["remat"]))
+    module = SentenceModel(encoder.config, dtype=compute_dtype, remat=bool(config["remat"]),
+                           max_segments=int(config["data"]["max_segments"]))
     embed_fn = make_embed_fn(module, bool(config["dropout"]))
     batch_sharding = pmesh.batch_sharding(mesh)
     metric_sharding = pmesh.replicated(mesh)
@@ -174,11 +210,12 @@ def train(config: dict, workdir: str, resume: bool = False) -> dict:
     log_every, eval_every = int(config["log_every"]), int(config["eval_every"])
     ckpt_every = int(ckpt_cfg["every_steps"])
     stop_after = int(config["stop_after_steps"])
-    pending, rows_since, t_log = [], 0, time.time()
+    pending, t_log = [], time.time()
     stop_on_nonfinite = config["nonfinite"] == "stop"
     step = start_step
     progress = _progress(run.total_steps, start_step)
     iterator = run.loader.iterate(position)
+    pending_at = []    # (step, dataset, data position) of each pending step, to name a non-finite one
 
     def save_checkpoint():
         if step not in checkpointer.all_steps():
@@ -186,27 +223,31 @@ def train(config: dict, workdir: str, resume: bool = False) -> dict:
 
     try:
         for item in iterator:
-            if step >= run.total_steps or (stop_after and step - start_step >= stop_after):
+            if step >= run.total_steps or (stop_after and step - start_step >= stop_after) or stop.should_stop(step):
                 break
             batch = pmesh.global_batch(mesh, item.batch)
             state, metrics = steps[item.dataset](state, batch)
             step += 1
             position = item.next_position
             pending.append(metrics)
-            rows_since += int(np.sum(item.batch["mask"])) * jax.process_count()
+            pending_at.append((step, item.dataset, item.position))
             if step % log_every == 0 or step == run.total_steps:
                 fetched = jax.device_get(pending)
                 now = time.time()
+                rows = sum(int(m["rows"]) for m in fetched)   # valid rows of the global batches, all hosts
                 record = {"loss": float(np.mean([m["loss"] for m in fetched])), "lr": float(fetched[-1]["lr"]),
-                          "grad_norm": float(fetched[-1]["grad_norm"]), "pairs_per_s": rows_since / (now - t_log),
+                          "grad_norm": float(fetched[-1]["grad_norm"]), "pairs_per_s": rows / (now - t_log),
                           "epoch": position.epoch + position.index / max(run.loader.steps_per_epoch(position.epoch), 1),
                           "nonfinite": int(state["nonfinite"])}
                 writer.write(step, record)
                 progress(step, record)
                 if stop_on_nonfinite and not all(bool(m["finite"]) for m in fetched):
-                    raise FloatingPointError(f"non-finite loss or gradient at step {step} (dataset "
-                                             f"{item.dataset!r}, batch {item.position}); the update was skipped")
-                pending, rows_since, t_log = [], 0, now
+                    bad = next(at for m, at in zip(fetched, pending_at) if not bool(m["finite"]))
+                    save_checkpoint()      # the skipped update left the state finite
+                    checkpointer.close()
+                    raise FloatingPointError(_nonfinite_message(run, bad, step, checkpointer.directory))
+                pending_at = []
+                pending, t_log = [], now
             if eval_every and step % eval_every == 0 and step < run.total_steps and run.evaluators:
                 eval_results = _evaluate(run, state["params"], state["heads"], step, writer)
                 best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, state)
@@ -218,25 +259,60 @@ def train(config: dict, workdir: str, resume: bool = False) -> dict:
     checkpointer.close()
     train_seconds = time.time() - t_start
     summary = {"steps": step, "train_seconds": round(train_seconds, 2), "workdir": workdir}
-    if step < run.total_steps:
-        log.info("stopped at step %d of %d; continue with: jaxsbert train ... --workdir %s --resume",
-                 step, run.total_steps, workdir)
+    if step < run.total_steps or stop.requested:
+        log.info("%sstopped at step %d of %d; checkpoint saved; continue with: jaxsbert train CONFIG --workdir %s "
+                 "--resume", f"{stop.name}: " if stop.requested else "", step, run.total_steps, workdir)
         writer.close()
-        summary.update(stopped=True, state=state)
+        summary.update(stopped=True, state=state, **({"signal": stop.name} if stop.requested else {}))
         return summary
     if run.evaluators:
         eval_results = _evaluate(run, state["params"], state["heads"], step, writer)
         best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, state)
     writer.close()
     summary["eval"] = eval_results
+    if config["save_model"]:
+        trained = pmesh.local_copy({"params": state["params"], "heads": state["heads"]})   # on every process
     if config["save_model"] and jax.process_index() == 0:
         final_dir = os.path.join(workdir, "model")
-        _save_model(run, state, final_dir, eval_results)
+        _save_model(run, trained, final_dir, eval_results)
         summary["model"] = final_dir
         if best_metric and os.path.isdir(os.path.join(workdir, "best-model")):
             summary["best_model"] = os.path.join(workdir, "best-model")
     summary["state"] = state
     return summary
+
+
+def _start_or_resume(checkpointer: Checkpointer, state, resume: bool, started_before: bool, workdir: str):
+    """-> (train state, data position): fresh, or the latest readable checkpoint's with ``resume``."""
+    if not resume and checkpointer.latest_step() is not None:
+        raise FileExistsError(f"{workdir} holds the checkpoints of an earlier run (steps {checkpointer.all_steps()}); "
+                              "continue it with --resume, or choose another --workdir")
+    if resume and checkpointer.latest_step() is None:
+        if not started_before:
+            raise FileNotFoundError(f"--resume: no checkpoint in {checkpointer.directory}")
+        log.warning("--resume: %s has no checkpoint yet (the run stopped before its first); starting from step 0",
+                    checkpointer.directory)
+    elif resume:
+        state, meta = checkpointer.restore(state)
+        position = jdata.Position.of(meta["data_position"])
+        log.info("resumed from step %d (data position %s)", int(state["step"]), position)
+        return state, position
+    return state, jdata.Position()
+
+
+def _nonfinite_message(run: Run, bad: tuple, step: int, checkpoints: str) -> str:
+    bad_step, dataset, position = bad
+    rows = np.sort(np.asarray(run.loader.plan(position.epoch)[position.index][1]))
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        rows_text = f"rows {rows[0]}-{rows[-1]}"
+    else:
+        rows_text = "rows " + ", ".join(str(r) for r in rows[:32]) + (f", ... ({len(rows)} rows)" if len(rows) > 32 else "")
+    spec = run.config["data"]["train"].get(dataset)
+    source = spec.get("source") if isinstance(spec, dict) else spec
+    return (f"non-finite loss or gradient at step {bad_step} (dataset {dataset!r} ({source}), epoch "
+            f"{position.epoch} batch {position.index}, {rows_text}); the update was skipped. Stopping "
+            f"(nonfinite='stop'): the checkpoint of step {step} in {checkpoints} holds the last finite "
+            "parameters. Check those rows and the learning rate, or set nonfinite='skip' to skip such steps")
 
 
 def _progress(total: int, start: int):
@@ -257,9 +333,10 @@ def _progress(total: int, start: int):
 def _maybe_save_best(run: Run, results: dict, metric: str | None, best: float | None, workdir: str, state) -> float | None:
     if not metric or metric not in results:
         return best
-    if best is None or results[metric] > best:
+    if best is None or results[metric] > best:   # the same on every process: evaluation is deterministic
+        trained = pmesh.local_copy({"params": state["params"], "heads": state["heads"]})   # on every process
         if jax.process_index() == 0:
-            _save_model(run, state, os.path.join(workdir, "best-model"), results, overwrite=True)
+            _save_model(run, trained, os.path.join(workdir, "best-model"), results, overwrite=True)
         return results[metric]
     return best
 

@@ -16,6 +16,8 @@ class MetricsWriter:
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
+        if self.enabled:
+            _end_torn_line(self.path)
         if self.enabled and tensorboard:
             try:
                 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -51,12 +53,33 @@ def _plain(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def _end_torn_line(path: str) -> None:
+    """A run killed while appending can leave a last line without its newline: end it, so that the lines
+    appended by the resumed run stay separate (:func:`read_metrics` skips the torn one)."""
+    try:
+        with open(path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
 def read_metrics(workdir: str) -> list[dict]:
+    """The records of ``metrics.jsonl``; a line torn by a killed run is skipped."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no metrics (is {workdir} a jaxsbert workdir?)")
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue      # empty, or torn by a kill
+    return records
 
 
 def plot(workdir: str, out_dir: str | None = None) -> list[str]:

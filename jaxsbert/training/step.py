@@ -37,8 +37,9 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
                     schedule: Callable, grad_accum_steps: int = 1, has_labels: bool = True) -> Callable:
     """state, batch -> state, metrics. Metrics stay on device (no host sync here).
 
-    A step whose loss or gradients are not finite applies no update (parameters, optimizer state and
-    loss heads keep their values) and increments ``state["nonfinite"]``; the loop decides whether to stop.
+    A step whose loss, gradients or updated values (parameters, heads, optimizer state) are not all finite
+    applies no update (parameters, optimizer state and loss heads keep their values) and increments
+    ``state["nonfinite"]``; the loop decides whether to stop.
     """
     def step(state, batch):
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
@@ -54,7 +55,8 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
         trainable = {"params": state["params"], "heads": state["heads"]}
         updates, opt_state = tx.update(grads, state["opt_state"], trainable)
         new_trainable = optax.apply_updates(trainable, updates)
-        finite = jnp.isfinite(value) & _all_finite(grads)
+        # an update that overflows (a learning rate far too large) is as unusable as a NaN gradient
+        finite = jnp.isfinite(value) & _all_finite(grads) & _all_finite(new_trainable) & _all_finite(opt_state)
         keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = {
             "step": state["step"] + 1,
@@ -66,7 +68,7 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
         }
         optimizer_step = state["step"] // grad_accum_steps
         metrics = {"loss": value, "lr": schedule(optimizer_step), "grad_norm": optax.tree.norm(grads),
-                   "finite": finite}
+                   "finite": finite, "rows": jnp.sum(batch["mask"].astype(jnp.int32))}   # global valid rows
         return new_state, metrics
 
     return step
