@@ -155,6 +155,9 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     encoder = run.encoder
     config_path = os.path.join(workdir, "config.json")
     started_before = os.path.exists(config_path)
+    if jax.process_count() > 1:     # process 0's answer: it may write config.json before another process looks
+        from jax.experimental import multihost_utils
+        started_before = bool(multihost_utils.broadcast_one_to_all(np.asarray(started_before)))
     if jax.process_index() == 0:
         with open(config_path + ".tmp", "w") as f:
             json.dump(config, f, indent=2, default=str)
