@@ -56,12 +56,7 @@ def make_batch(data: TokenizedDataset, rows: Sequence[int], batch_size: int, buc
     mine = rows[local]
     share = local.stop - local.start
     features = tuple(pad_token_ids([col[r] for r in mine], length, share, pad_token_id) for col in data.inputs)
-    labels = np.zeros(share, data.label_dtype)
-    if data.labels is not None:
-        labels[:len(mine)] = data.labels[mine]
-    mask = np.zeros(share, bool)
-    mask[:len(mine)] = True
-    return {"features": features, "labels": labels, "mask": mask}
+    return _with_labels_and_mask(features, data, mine, share)
 
 
 def batch_sentences(data: TokenizedDataset, rows: Sequence[int]) -> list:
@@ -93,6 +88,11 @@ def make_packed_batch(data: TokenizedDataset, rows: Sequence[int], batch_size: i
     slots = np.full((share, len(data.inputs)), offset, np.int32)   # padding rows: any valid slot (masked out)
     slots[:len(mine)] = features["slots"].reshape(len(mine), len(data.inputs))
     features["slots"] = slots
+    return _with_labels_and_mask(features, data, mine, share)
+
+
+def _with_labels_and_mask(features, data: TokenizedDataset, mine: np.ndarray, share: int) -> dict:
+    """The batch dict: ``features``, the labels of rows ``mine`` padded to ``share``, and the validity mask."""
     labels = np.zeros(share, data.label_dtype)
     if data.labels is not None:
         labels[:len(mine)] = data.labels[mine]
