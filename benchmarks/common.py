@@ -60,3 +60,17 @@ def best_of(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def run_worker(args: list[str], what: str) -> dict:
+    """Runs ``python ARGS`` in a fresh process from the repository root and returns the JSON of its
+    ``RESULT {...}`` line; on failure prints the worker's output tails and exits naming ``what``."""
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        print(out.stdout[-2000:], out.stderr[-4000:])
+        raise SystemExit(f"{what} failed")
+    return json.loads(line[len("RESULT "):])

@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.common import REPO, best_of, machine_description, minilm_path, stsb_split
+from benchmarks.common import best_of, machine_description, minilm_path, run_worker, stsb_split
 
 
 def run_one(framework: str, args, out_path: str) -> dict:
@@ -60,15 +58,10 @@ def main():
     tmp = tempfile.mkdtemp()
     res = {}
     for fw in ("jaxsbert", "sentence-transformers"):
-        cmd = [sys.executable, "-m", "benchmarks.encode", "--one", fw, os.path.join(tmp, fw + ".npy"),
+        cmd = ["-m", "benchmarks.encode", "--one", fw, os.path.join(tmp, fw + ".npy"),
                "--batch-size", str(args.batch_size), "--repeats", str(args.repeats), "--split", args.split]
         cmd += ["--no-packing"] if args.no_packing else []
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            print(out.stdout[-2000:], out.stderr[-4000:])
-            raise SystemExit(f"{fw} failed")
-        res[fw] = json.loads(line[7:])
+        res[fw] = run_worker(cmd, fw)
     ours, theirs = (np.load(os.path.join(tmp, fw + ".npy")) for fw in ("jaxsbert", "sentence-transformers"))
     j, s = res["jaxsbert"], res["sentence-transformers"]
     summary = {"sentences": j["sentences"], "batch_size": args.batch_size, "packing": not args.no_packing,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -101,18 +100,12 @@ def main():
         fn = run_jaxsbert if args.one[0] == "jaxsbert" else run_sentence_transformers
         print("RESULT " + json.dumps(fn(args.one[1], args.seed)), flush=True)
         return
-    from benchmarks.common import machine_description
+    from benchmarks.common import machine_description, run_worker
     print(machine_description())
     results = []
     for recipe in args.recipes:
         for fw in args.frameworks:   # each run in a fresh process: no shared warm state or threads
-            out = subprocess.run([sys.executable, __file__, "--one", fw, recipe, "--seed", str(args.seed)],
-                                 capture_output=True, text=True, cwd=REPO)
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                print(out.stdout[-3000:], out.stderr[-3000:])
-                raise SystemExit(f"{fw} {recipe} failed")
-            results.append(json.loads(line[7:]))
+            results.append(run_worker([__file__, "--one", fw, recipe, "--seed", str(args.seed)], f"{fw} {recipe}"))
             print(json.dumps(results[-1]), flush=True)
     print(f"\n{'recipe':14} {'framework':22} {'test spearman':>14} {'accuracy':>9} {'train s':>8}")
     for r in results:

@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
-from benchmarks.common import REPO, machine_description, minilm_path
+from benchmarks.common import REPO, machine_description, minilm_path, run_worker
 
 LOSSES = {"mnrl": "MultipleNegativesRankingLoss", "cosent": "CoSENTLoss",
           "cmnrl": "CachedMultipleNegativesRankingLoss"}
@@ -127,14 +125,9 @@ def main():
     for case in args.cases:
         res = {}
         for fw in args.frameworks:
-            cmd = [sys.executable, "-m", "benchmarks.train", "--one", fw, case, "--steps", str(args.steps),
+            cmd = ["-m", "benchmarks.train", "--one", fw, case, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--compute-dtype", args.compute_dtype, "--packing", args.packing]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                print(out.stdout[-2000:], out.stderr[-4000:])
-                raise SystemExit(f"{fw} {case} failed")
-            res[fw] = json.loads(line[7:])
+            res[fw] = run_worker(cmd, f"{fw} {case}")
             print(case, fw, json.dumps(res[fw]), flush=True)
         rows.append((case, res))
     print(f"\n{'case':12} {'jaxsbert pairs/s':>17} {'ST pairs/s':>11} {'ratio':>6} {'loss jax':>9} {'loss ST':>8}")
