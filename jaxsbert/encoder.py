@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsbert.data.buckets import bucket_for, length_buckets, pad_token_ids
-from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, DEFAULT_ROW_LENGTH, pack_token_ids
+from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, DEFAULT_ROW_LENGTH, fill_groups, pack_token_ids
 from jaxsbert.models.sentence_model import SentenceModel, SentenceModelConfig
 
 
@@ -157,7 +157,7 @@ class SentenceEncoder:
         # ~16 tokens per sentence: a packed call holds about batch_size sentences
         packed_rows = max(1, -(-batch_size * 16 // self.pack_length))
         slots = packed_rows * self.max_segments
-        for idx in _fill_rows([len(token_ids[i]) for i in short], short, packed_rows, self.pack_length,
+        for idx in fill_groups([len(token_ids[i]) for i in short], short, packed_rows, self.pack_length,
                               self.max_segments):
             features = pack_token_ids([token_ids[i] for i in idx], packed_rows, self.pack_length,
                                       self.max_segments, pad)
@@ -170,22 +170,3 @@ class SentenceEncoder:
 
         export.save_sentence_transformer(self, directory, **kwargs)
 
-
-def _fill_rows(lengths: Sequence[int], items: Sequence[int], rows: int, row_length: int, max_segments: int):
-    """Splits ``items`` (lengths in decreasing order) into consecutive groups that first-fit into
-    ``rows`` rows of ``row_length`` tokens with at most ``max_segments`` sentences each."""
-    group, free, used = [], [], []
-    for item, n in zip(items, lengths):
-        r = next((r for r in range(len(free)) if free[r] >= n and used[r] < max_segments), None)
-        if r is None and len(free) == rows:
-            yield np.asarray(group)
-            group, free, used = [], [], []
-        if r is None:
-            r = len(free)
-            free.append(row_length)
-            used.append(0)
-        group.append(item)
-        free[r] -= n
-        used[r] += 1
-    if group:
-        yield np.asarray(group)

@@ -43,18 +43,42 @@ def assign_rows(lengths: Sequence[int], row_length: int, max_segments: int) -> t
     row = np.zeros(len(lengths), np.int64)
     segment = np.zeros(len(lengths), np.int64)
     for i in order:
-        n = lengths[i]
-        for r in range(len(free)):
-            if free[r] >= n and used[r] < max_segments:
-                break
-        else:
-            r = len(free)
-            free.append(row_length)
-            used.append(0)
-        row[i], segment[i] = r, used[r]
-        free[r] -= n
-        used[r] += 1
+        r = _place(free, used, int(lengths[i]), row_length, max_segments)
+        row[i], segment[i] = r, used[r] - 1
     return row, segment, len(free)
+
+
+def _first_fit(free: list[int], used: list[int], n: int, max_segments: int) -> int | None:
+    """The first row with room for ``n`` more tokens and one more segment, or None."""
+    return next((r for r in range(len(free)) if free[r] >= n and used[r] < max_segments), None)
+
+
+def _place(free: list[int], used: list[int], n: int, row_length: int, max_segments: int) -> int:
+    """Puts a sentence of ``n`` tokens in the first row it fits (opening a row if none) and returns the row."""
+    r = _first_fit(free, used, n, max_segments)
+    if r is None:
+        r = len(free)
+        free.append(row_length)
+        used.append(0)
+    free[r] -= n
+    used[r] += 1
+    return r
+
+
+def fill_groups(lengths: Sequence[int], items: Sequence[int], rows: int, row_length: int, max_segments: int):
+    """Splits ``items`` (lengths in decreasing order) into consecutive groups that first-fit into
+    ``rows`` rows of ``row_length`` tokens with at most ``max_segments`` sentences each; yields arrays."""
+    group: list[int] = []
+    free: list[int] = []
+    used: list[int] = []
+    for item, n in zip(items, lengths):
+        if _first_fit(free, used, n, max_segments) is None and len(free) == rows:
+            yield np.asarray(group)
+            group, free, used = [], [], []
+        _place(free, used, n, row_length, max_segments)
+        group.append(item)
+    if group:
+        yield np.asarray(group)
 
 
 def rows_needed(lengths: Sequence[int], row_length: int, max_segments: int) -> int:
