@@ -87,10 +87,23 @@ def both(ours_cls, st_cls, table, *args, fn_name="cosine", ours_kwargs=None, **k
 
 # ----------------------------------------------------------------------------------------------- data
 
+def on_grid(table, step):
+    """Rounds every embedding to a multiple of `step` so that each dot product is exact in float32.
+
+    Products are multiples of step**2 and every partial sum stays below 2**24 such units, so any summation order
+    (numpy's, torch's, AVX2 or AVX-512) gives the bit-identical score; the CI machine differs from ours in
+    exactly that, and near-tied dot scores then swapped ranks. Cosine, euclidean and manhattan are unaffected.
+    """
+    table = {s: (np.round(v / step) * step).astype(np.float32) for s, v in table.items()}
+    largest = max(float(np.abs(v).sum()) for v in table.values()) * max(float(np.abs(v).max()) for v in table.values())
+    assert largest / step**2 < 2**24, "grid too fine for exact float32 dot products"
+    return table
+
+
 def random_pairs(seed, n=240, n_unique=180, dim=24, scale=1.0):
     rng = np.random.default_rng(seed)
     texts = [f"sentence {i}" for i in range(n_unique)]
-    table = {t: (rng.standard_normal(dim) * scale).astype(np.float32) for t in texts}
+    table = on_grid({t: (rng.standard_normal(dim) * scale).astype(np.float32) for t in texts}, 2.0**-8)
     i1 = rng.integers(0, n_unique, n)
     i2 = (i1 + rng.integers(1, n_unique, n)) % n_unique      # no (x, x) pair: see test_self_pairs_are_exact
     return rng, table, [texts[i] for i in i1], [texts[i] for i in i2]
@@ -118,7 +131,7 @@ def sts_dev(shared_data):
         for t in toks:
             counts[vocab[t]] += 1
         table[s] = counts @ projection + 0.1 * rng.standard_normal(64).astype(np.float32)
-    return s1, s2, scores, table
+    return s1, s2, scores, on_grid(table, 2.0**-4)
 
 
 # ----------------------------------------------------------------------------------------------- embedding similarity
