@@ -62,6 +62,31 @@ def best_of(fn, repeats: int) -> float:
     return best
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (MiB; Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+class CompileCounter:
+    """Counts XLA compilations in this process and sums their time (jax's monitoring events)."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        import jax
+
+        self.count, self.seconds = 0, 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **kwargs) -> None:
+        if event == self.EVENT:
+            self.count += 1
+            self.seconds += duration
+
+
 def run_worker(args: list[str], what: str) -> dict:
     """Runs ``python ARGS`` in a fresh process from the repository root and returns the JSON of its
     ``RESULT {...}`` line; on failure prints the worker's output tails and exits naming ``what``."""

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import best_of, machine_description, minilm_path, run_worker, stsb_split
+from benchmarks.common import CompileCounter, best_of, machine_description, minilm_path, peak_rss_mib, run_worker, stsb_split
 
 
 def run_one(framework: str, args, out_path: str) -> dict:
@@ -31,15 +31,18 @@ def run_one(framework: str, args, out_path: str) -> dict:
 
         model = SentenceTransformer(minilm_path(), device="cpu")
         encode = lambda: model.encode(sentences, batch_size=args.batch_size)
+    compiles = CompileCounter()
     t = time.perf_counter()
     embeddings = encode()                    # first call: jaxsbert compiles here
     first = time.perf_counter() - t
     seconds = best_of(encode, args.repeats)
     np.save(out_path, embeddings)
-    result = {"sent_per_s": len(sentences) / seconds, "first_call_s": first, "sentences": len(sentences)}
+    result = {"sent_per_s": len(sentences) / seconds, "first_call_s": first, "sentences": len(sentences),
+              "peak_rss_mib": peak_rss_mib()}
     if framework == "jaxsbert":
         result["compiled_programs"] = model.compiled_programs()
         result["length_buckets"] = len(model.buckets)
+        result["xla_compilations"], result["compile_s"] = compiles.count, round(compiles.seconds, 2)
     return result
 
 
@@ -70,7 +73,9 @@ def main():
                "ratio": round(j["sent_per_s"] / s["sent_per_s"], 2),
                "max_abs_diff": float(np.abs(ours - theirs).max()),
                "compiled_programs": j["compiled_programs"], "length_buckets": j["length_buckets"],
-               "jaxsbert_first_call_s_incl_compile": round(j["first_call_s"], 2)}
+               "jaxsbert_first_call_s_incl_compile": round(j["first_call_s"], 2),
+               "jaxsbert_xla_compilations": j["xla_compilations"], "jaxsbert_compile_s": j["compile_s"],
+               "jaxsbert_peak_rss_mib": j["peak_rss_mib"], "sentence_transformers_peak_rss_mib": s["peak_rss_mib"]}
     print(json.dumps(summary))
     print(f"jaxsbert {summary['jaxsbert_sent_per_s']} sent/s, sentence-transformers "
           f"{summary['sentence_transformers_sent_per_s']} sent/s: ratio {summary['ratio']}x; "

@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 
-from benchmarks.common import REPO, machine_description, minilm_path, run_worker
+from benchmarks.common import REPO, CompileCounter, machine_description, minilm_path, peak_rss_mib, run_worker
 
 LOSSES = {"mnrl": "MultipleNegativesRankingLoss", "cosent": "CoSENTLoss",
           "cmnrl": "CachedMultipleNegativesRankingLoss"}
@@ -47,6 +47,7 @@ def run_jaxsbert(kind: str, batch: int, steps: int, warmup: int, compute_dtype: 
     ]
     config = build_config("quickstart", overrides)
     workdir = tempfile.mkdtemp()
+    compiles = CompileCounter()
     t = time.time()
     train(config, workdir)
     total = time.time() - t
@@ -54,7 +55,8 @@ def run_jaxsbert(kind: str, batch: int, steps: int, warmup: int, compute_dtype: 
     timed = records[warmup:]                      # log_every=1: one record per step, written after it
     seconds = timed[-1]["time"] - records[warmup - 1]["time"]
     return {"pairs_per_s": batch * len(timed) / seconds, "mean_loss": sum(r["loss"] for r in timed) / len(timed),
-            "first_steps_s_incl_compile": round(records[warmup - 1]["time"] - t, 1), "total_s": round(total, 1)}
+            "first_steps_s_incl_compile": round(records[warmup - 1]["time"] - t, 1), "total_s": round(total, 1),
+            "xla_compilations": compiles.count, "compile_s": round(compiles.seconds, 1), "peak_rss_mib": peak_rss_mib()}
 
 
 def run_sentence_transformers(kind: str, batch: int, steps: int, warmup: int, seed: int = 0) -> dict:
@@ -73,8 +75,10 @@ def run_sentence_transformers(kind: str, batch: int, steps: int, warmup: int, se
             "cmnrl": lambda: losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=32)}[kind]()
     decay = [p for n, p in loss.named_parameters() if not any(k in n for k in ("bias", "LayerNorm"))]
     no_decay = [p for n, p in loss.named_parameters() if any(k in n for k in ("bias", "LayerNorm"))]
+    # the optimizer SentenceTransformerTrainer uses by default (transformers: "adamw_torch_fused" on torch >= 2.8)
+    fused = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=2e-5)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=2e-5, fused=fused)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(s1))
     device = model.device
@@ -96,7 +100,8 @@ def run_sentence_transformers(kind: str, batch: int, steps: int, warmup: int, se
         times.append(time.perf_counter() - t)
     timed = times[warmup:]
     return {"pairs_per_s": batch * len(timed) / sum(timed), "mean_loss": float(np.mean(values[warmup:])),
-            "first_steps_s_incl_compile": round(sum(times[:warmup]), 1), "total_s": round(sum(times), 1)}
+            "first_steps_s_incl_compile": round(sum(times[:warmup]), 1), "total_s": round(sum(times), 1),
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def main():
@@ -130,12 +135,14 @@ def main():
             res[fw] = run_worker(cmd, f"{fw} {case}")
             print(case, fw, json.dumps(res[fw]), flush=True)
         rows.append((case, res))
-    print(f"\n{'case':12} {'jaxsbert pairs/s':>17} {'ST pairs/s':>11} {'ratio':>6} {'loss jax':>9} {'loss ST':>8}")
+    print(f"\n{'case':12} {'jaxsbert pairs/s':>17} {'ST pairs/s':>11} {'ratio':>6} {'loss jax':>9} {'loss ST':>8} "
+          f"{'compiles':>8} {'compile s':>9} {'peak MiB jax':>12} {'peak MiB ST':>11}")
     for case, res in rows:
         j, s = res.get("jaxsbert"), res.get("sentence-transformers")
         if j and s:
             print(f"{case:12} {j['pairs_per_s']:17.1f} {s['pairs_per_s']:11.1f} {j['pairs_per_s'] / s['pairs_per_s']:6.2f} "
-                  f"{j['mean_loss']:9.4f} {s['mean_loss']:8.4f}")
+                  f"{j['mean_loss']:9.4f} {s['mean_loss']:8.4f} {j['xla_compilations']:8d} {j['compile_s']:9.1f} "
+                  f"{j['peak_rss_mib']:12.0f} {s['peak_rss_mib']:11.0f}")
 
 
 if __name__ == "__main__":
