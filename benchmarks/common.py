@@ -87,13 +87,19 @@ class CompileCounter:
             self.seconds += duration
 
 
-def run_worker(args: list[str], what: str) -> dict:
+def run_worker(args: list[str], what: str, framework: str = "jaxsbert") -> dict:
     """Runs ``python ARGS`` in a fresh process from the repository root and returns the JSON of its
-    ``RESULT {...}`` line; on failure prints the worker's output tails and exits naming ``what``."""
+    ``RESULT {...}`` line; on failure prints the worker's output tails and exits naming ``what``.
+
+    A sentence-transformers worker runs with the system allocator as its users have it: the worker
+    imports jaxsbert's data readers, and importing jaxsbert would otherwise apply jaxsbert.host_memory."""
     import json
     import subprocess
 
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO)
+    env = dict(os.environ)
+    if framework != "jaxsbert":
+        env["JAXSBERT_KEEP_HOST_MEMORY"] = "0"
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env)
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         print(out.stdout[-2000:], out.stderr[-4000:])

@@ -64,7 +64,7 @@ def main():
         cmd = ["-m", "benchmarks.encode", "--one", fw, os.path.join(tmp, fw + ".npy"),
                "--batch-size", str(args.batch_size), "--repeats", str(args.repeats), "--split", args.split]
         cmd += ["--no-packing"] if args.no_packing else []
-        res[fw] = run_worker(cmd, fw)
+        res[fw] = run_worker(cmd, fw, fw)
     ours, theirs = (np.load(os.path.join(tmp, fw + ".npy")) for fw in ("jaxsbert", "sentence-transformers"))
     j, s = res["jaxsbert"], res["sentence-transformers"]
     summary = {"sentences": j["sentences"], "batch_size": args.batch_size, "packing": not args.no_packing,

@@ -105,7 +105,7 @@ def main():
     results = []
     for recipe in args.recipes:
         for fw in args.frameworks:   # each run in a fresh process: no shared warm state or threads
-            results.append(run_worker([__file__, "--one", fw, recipe, "--seed", str(args.seed)], f"{fw} {recipe}"))
+            results.append(run_worker([__file__, "--one", fw, recipe, "--seed", str(args.seed)], f"{fw} {recipe}", fw))
             print(json.dumps(results[-1]), flush=True)
     print(f"\n{'recipe':14} {'framework':22} {'test spearman':>14} {'accuracy':>9} {'train s':>8}")
     for r in results:

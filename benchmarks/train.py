@@ -132,7 +132,7 @@ def main():
         for fw in args.frameworks:
             cmd = ["-m", "benchmarks.train", "--one", fw, case, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--compute-dtype", args.compute_dtype, "--packing", args.packing]
-            res[fw] = run_worker(cmd, f"{fw} {case}")
+            res[fw] = run_worker(cmd, f"{fw} {case}", fw)
             print(case, fw, json.dumps(res[fw]), flush=True)
         rows.append((case, res))
     print(f"\n{'case':12} {'jaxsbert pairs/s':>17} {'ST pairs/s':>11} {'ratio':>6} {'loss jax':>9} {'loss ST':>8} "
