@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -46,6 +45,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from benchmarks.common import machine_description, peak_rss_bytes  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MIB = 2 ** 20
@@ -62,13 +63,6 @@ def _status_kib(field: str) -> int | None:
         return int(m.group(1)) if m else None
     except OSError:
         return None
-
-
-def peak_rss_bytes() -> int:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024   # Linux reports KiB
 
 
 def rss_bytes() -> int | None:
@@ -131,29 +125,6 @@ class AnonSampler:
             self._thread.join()
             now = self.read()
             self.peak, self.window_peak = max(self.peak, now), max(self.window_peak, now)
-
-
-def machine_description() -> str:
-    import jax
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            total = int(re.search(r"MemTotal:\s+(\d+) kB", f.read()).group(1))
-        mem = f", {total / 2 ** 20:.0f} GiB RAM"
-    except (OSError, AttributeError):
-        pass
-    devices = jax.devices()
-    kinds = sorted({d.device_kind for d in devices})
-    return (f"{os.cpu_count()} x {cpu}{mem}; jax {jax.__version__} on {devices[0].platform} "
-            f"({len(devices)} x {', '.join(kinds)}); Python {platform.python_version()}")
 
 
 # --------------------------------------------------------------------------------------------------

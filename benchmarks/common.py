@@ -62,12 +62,16 @@ def best_of(fn, repeats: int) -> float:
     return best
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (MiB; Linux reports ru_maxrss in KiB)."""
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (ru_maxrss, which Linux reports in KiB, macOS in bytes)."""
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def peak_rss_mib() -> float:
+    return round(peak_rss_bytes() / 2**20, 1)
 
 
 class CompileCounter:
