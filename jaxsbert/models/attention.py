@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxsbert.models.dropout import Dropout
+
 
 def heads_first(t: jax.Array, heads: int) -> jax.Array:
     """[B, L, heads * d] -> [B, heads, L, d]."""
@@ -54,7 +56,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = project(self.query), project(self.key), project(self.value)
         # batched matmuls with heads as a batch axis: XLA lays these out better than a 4-index einsum
         probs = attention_probs(q, k, bias)
-        probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic).astype(self.dtype)
+        probs = Dropout(self.dropout_rate)(probs, deterministic=deterministic).astype(self.dtype)
         out = merge_heads(jnp.matmul(probs, v))
         if self.out is not None:
             out = nn.Dense(self.hidden_size, dtype=self.dtype, name=self.out)(out)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsbert.models.attention import attention_probs, heads_first, merge_heads
+from jaxsbert.models.dropout import Dropout
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -76,7 +77,7 @@ class SelfAttention(nn.Module):
         dense = lambda name: heads_first(nn.Dense(c.hidden_size, dtype=self.dtype, name=name)(x), c.num_attention_heads)
         q, k, v = dense("query"), dense("key"), dense("value")
         probs = attention_probs(q, k, bias)
-        probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic).astype(self.dtype)
+        probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic).astype(self.dtype)
         return merge_heads(jnp.matmul(probs, v))
 
 
@@ -89,7 +90,7 @@ class DenseResidualNorm(nn.Module):
     def __call__(self, x, residual, deterministic: bool):
         c = self.config
         x = nn.Dense(c.hidden_size, dtype=self.dtype, name="dense")(x)
-        x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
         return layer_norm(c, "LayerNorm")(x.astype(jnp.float32) + residual.astype(jnp.float32)).astype(self.dtype)
 
 
@@ -140,7 +141,7 @@ class Embeddings(nn.Module):
              + embed(c.max_position_embeddings, "position_embeddings")(position_ids)
              + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids))
         x = layer_norm(c, "LayerNorm")(x)
-        return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic).astype(self.dtype)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic).astype(self.dtype)
 
 
 class Encoder(nn.Module):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxsbert.models.attention import MultiHeadAttention
 from jaxsbert.models.bert import ACTIVATIONS, attention_bias
+from jaxsbert.models.dropout import Dropout
 
 LAYER_NORM_EPS = 1e-12   # fixed in Hugging Face's DistilBERT
 _ALIASES = {"hidden_size": "dim", "num_attention_heads": "n_heads", "num_hidden_layers": "n_layers"}
@@ -68,7 +69,7 @@ class TransformerBlock(nn.Module):
     def __call__(self, x, bias, deterministic: bool):
         c = self.config
         norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name=name)
-        dropout = nn.Dropout(c.dropout)
+        dropout = Dropout(c.dropout)
         a = MultiHeadAttention(c.dim, c.n_heads, c.attention_dropout, "q_lin", "k_lin", "v_lin", "out_lin",
                                dtype=self.dtype, name="attention")(x, bias, deterministic)
         a = norm("sa_layer_norm")(a.astype(jnp.float32) + x.astype(jnp.float32)).astype(self.dtype)
@@ -111,7 +112,7 @@ class Embeddings(nn.Module):
         x = (nn.Embed(c.vocab_size, c.dim, name="word_embeddings")(input_ids)
              + nn.Embed(c.max_position_embeddings, c.dim, name="position_embeddings")(position_ids))
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name="LayerNorm")(x)
-        return nn.Dropout(c.dropout)(x, deterministic=deterministic).astype(self.dtype)
+        return Dropout(c.dropout)(x, deterministic=deterministic).astype(self.dtype)
 
 
 class DistilBertModel(nn.Module):

@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxsbert.models import bert
 from jaxsbert.models.attention import MultiHeadAttention
+from jaxsbert.models.dropout import Dropout
 from jaxsbert.models.roberta import offset_position_ids
 
 PADDING_IDX = 1          # Hugging Face's MPNetEmbeddings hard-codes it
@@ -104,7 +105,7 @@ class SelfAttention(nn.Module):
         c = self.config
         h = MultiHeadAttention(c.hidden_size, c.num_attention_heads, c.attention_probs_dropout_prob, "q", "k", "v", "o",
                                dtype=self.dtype, name="attn")(x, bias, deterministic)
-        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         return bert.layer_norm(c, "LayerNorm")(h.astype(jnp.float32) + x.astype(jnp.float32)).astype(self.dtype)
 
 
@@ -147,7 +148,7 @@ class Embeddings(nn.Module):
         x = (nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(input_ids)
              + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embeddings")(position_ids))
         x = bert.layer_norm(c, "LayerNorm")(x)
-        return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic).astype(self.dtype)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic).astype(self.dtype)
 
 
 class MPNetModel(nn.Module):
