@@ -116,3 +116,35 @@ def test_packed_loader_batches_hold_each_row_sentences(process_count):
             for c in range(2):
                 expected = g.batch["features"][c]["input_ids"][b][g.batch["features"][c]["attention_mask"][b] > 0]
                 assert decode(int(merged["slots"][b, c])) == list(expected)
+
+
+def test_row_buckets():
+    from jaxsbert.data.loader import row_buckets
+
+    assert row_buckets([4] * 80 + [5] * 20) == (4, 5)                  # median 4, 90th percentile and max 5
+    assert row_buckets([15] * 60 + [16] * 31 + [17] * 6 + [18] * 3) == (15, 16, 18)
+    assert row_buckets([4] * 80 + [5] * 20, multiple=4) == (4, 8)
+    assert row_buckets([3]) == (3,)
+    with pytest.raises(ValueError, match="at least one batch"):
+        row_buckets([])
+
+
+def test_packed_loader_pads_each_batch_to_the_fewest_rows_that_hold_it():
+    """A batch gets the smallest of the dataset's row counts that holds it, so the usual batch computes
+    no padding rows that only the largest batch needs; the counts are few (few programs)."""
+    from test_data import WordTokenizer, pairs
+    from jaxsbert.data import DataLoader
+    from jaxsbert.data.batching import batch_sentences
+    from jaxsbert.data.packing import rows_needed
+
+    ds, tok = pairs(200, max_words=30), WordTokenizer()
+    ld = DataLoader(ds, tok, batch_size=12, seed=3, packing=True, pack_length=64, max_segments=8)
+    counts = ld.pack_rows["train"]
+    assert 2 <= len(counts) <= 3 and ld.pack_shapes["train"] == (counts[-1], 64)
+    used = set()
+    for index, (_, rows) in enumerate(ld.plan(0)):
+        need = rows_needed([len(t) for t in batch_sentences(ld.data["train"], rows)], 64, 8)
+        got = ld.batch_at((0, index)).batch["features"]["input_ids"].shape[0]
+        assert got == min(c for c in counts if c >= need), (need, got, counts)
+        used.add(got)
+    assert used == set(counts)

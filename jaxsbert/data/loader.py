@@ -53,6 +53,17 @@ class LoaderBatch:
     next_position: Position      # where to resume after this batch has been trained on
 
 
+def row_buckets(needs: Sequence[int], multiple: int = 1) -> tuple[int, ...]:
+    """The packed-row counts for batches that need ``needs`` rows: the median, the 90th percentile and
+    the largest need, each rounded up to a multiple of ``multiple`` (so at most three programs; the
+    median batch computes no more rows than it needs, instead of as many as the largest one)."""
+    if not len(needs):
+        raise ValueError("row_buckets needs at least one batch")
+    multiple = max(int(multiple), 1)
+    points = np.percentile(np.asarray(needs), [50, 90, 100], method="higher")
+    return tuple(sorted({int(-(-int(p) // multiple) * multiple) for p in points}))
+
+
 class DataLoader:
     """Static-shape batches from one dataset or a dict of named datasets.
 
@@ -71,8 +82,10 @@ class DataLoader:
       use_map_cache: tokenize through ``datasets.map`` (on-disk cache) instead of in memory.
       packing: pack the sentences of each batch into rows (:mod:`jaxsbert.data.packing`); a bool, or
         ``{name: bool}``. Packed rows have ``max(pack_length, longest sentence's bucket)`` tokens and
-        at most ``max_segments`` sentences; their number is fixed per dataset (enough for the first
-        epoch's batches, a multiple of ``row_multiple``) and grows only for a batch that needs more.
+        at most ``max_segments`` sentences. A batch gets the fewest rows that hold it out of up to
+        three counts per dataset (:func:`row_buckets` of the first epoch's first 256 batches:
+        multiples of ``row_multiple``), so a few programs serve every batch; one that needs more than
+        the largest count gets more rows (and a program of its own).
     """
 
     def __init__(self, datasets_: datasets.Dataset | Mapping[str, datasets.Dataset], tokenizer, batch_size: int, *,
@@ -135,14 +148,16 @@ class DataLoader:
         packed = dict(packing) if isinstance(packing, Mapping) else {n: bool(packing) for n in named}
         self.max_segments = int(max_segments)
         self.row_multiple = max(int(row_multiple), 1)
-        self.pack_shapes: dict[str, tuple[int, int]] = {}    # name -> (rows per process, row length)
+        self.pack_shapes: dict[str, tuple[int, int]] = {}    # name -> (most rows per process, row length)
+        self.pack_rows: dict[str, tuple[int, ...]] = {}      # name -> the row counts of its batches
         for name in self.names:
             if packed.get(name):
                 longest = max(int(c.lengths.max()) for c in self.data[name].inputs)
                 length = max(int(pack_length), bucket_for(longest, self.buckets))
-                self.pack_shapes[name] = (0, length)
                 sample = [rows for n, rows in self.plan(0) if n == name][:256]
-                self.pack_shapes[name] = (max(self._packed_rows(name, rows) for rows in sample), length)
+                self.pack_rows[name] = row_buckets([self._rows_needed(name, rows, length) for rows in sample],
+                                                   self.row_multiple)
+                self.pack_shapes[name] = (self.pack_rows[name][-1], length)
 
     # ------------------------------------------------------------------ the plan of an epoch
 
@@ -184,16 +199,20 @@ class DataLoader:
     def total_steps(self, epochs: int) -> int:
         return sum(self.steps_per_epoch(e) for e in range(epochs))
 
-    def _packed_rows(self, name: str, rows: np.ndarray) -> int:
-        """Packed rows per process for the global batch ``rows``: the most any process's share needs,
-        at least the dataset's usual number, a multiple of ``row_multiple``. The same on every process."""
-        base, length = self.pack_shapes[name]
+    def _rows_needed(self, name: str, rows: np.ndarray, length: int) -> int:
+        """Packed rows of ``length`` tokens that the largest process share of the global batch ``rows`` needs."""
         data, size = self.data[name], self.batch_size // self.process_count
-        need = max(rows_needed([len(t) for t in batch_sentences(data, rows[p * size:(p + 1) * size])],
+        return max(rows_needed([len(t) for t in batch_sentences(data, rows[p * size:(p + 1) * size])],
                                length, self.max_segments) for p in range(self.process_count))
-        if need <= base:
-            return base
-        step = max(self.row_multiple, base // 4)
+
+    def _packed_rows(self, name: str, rows: np.ndarray) -> int:
+        """Packed rows per process for the global batch ``rows``: the smallest of the dataset's row counts
+        that holds every process's share (more, in steps, past the largest). The same on every process."""
+        need = self._rows_needed(name, rows, self.pack_shapes[name][1])
+        fits = [r for r in self.pack_rows[name] if r >= need]
+        if fits:
+            return fits[0]
+        step = max(self.row_multiple, self.pack_rows[name][-1] // 4)
         return -(-need // step) * step
 
     def batch_at(self, position: Position | tuple | Mapping) -> LoaderBatch:
