@@ -3,6 +3,7 @@ on the same model, data and hyper-parameters; prints test scores and wall times.
 
     python benchmarks/recipes.py                      # stsb_cosent and stsb_cosine, both frameworks
     python benchmarks/recipes.py --recipes sick_softmax --frameworks jaxsbert
+    python -m benchmarks.recipes --recipes stsb_cosent --seeds 42 1 2   # mean and sd over seeds
 
 Run each framework in its own process (``--frameworks``) on a quiet machine for clean timings.
 """
@@ -93,28 +94,39 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipes", nargs="+", default=["stsb_cosent", "stsb_cosine"], choices=sorted(RECIPES))
     parser.add_argument("--frameworks", nargs="+", default=["jaxsbert", "sentence-transformers"])
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--one", nargs=2, metavar=("FRAMEWORK", "RECIPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42],
+                        help="one run per seed and framework; with several, means and standard deviations")
+    parser.add_argument("--one", nargs=3, metavar=("FRAMEWORK", "RECIPE", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         fn = run_jaxsbert if args.one[0] == "jaxsbert" else run_sentence_transformers
-        print("RESULT " + json.dumps(fn(args.one[1], args.seed)), flush=True)
+        print("RESULT " + json.dumps(dict(fn(args.one[1], int(args.one[2])), seed=int(args.one[2]))), flush=True)
         return
+    import numpy as np
+
     from benchmarks.common import machine_description, run_worker
     print(machine_description())
     results = []
     for recipe in args.recipes:
-        for fw in args.frameworks:   # each run in a fresh process: no shared warm state or threads
-            results.append(run_worker([__file__, "--one", fw, recipe, "--seed", str(args.seed)], f"{fw} {recipe}", fw))
-            print(json.dumps(results[-1]), flush=True)
-    print(f"\n{'recipe':14} {'framework':22} {'test spearman':>14} {'accuracy':>9} {'train s':>8}")
+        for seed in args.seeds:
+            for fw in args.frameworks:   # each run in a fresh process: no shared warm state or threads
+                results.append(run_worker([__file__, "--one", fw, recipe, str(seed)], f"{fw} {recipe} seed {seed}", fw))
+                print(json.dumps(results[-1]), flush=True)
+    print(f"\n{'recipe':14} {'framework':22} {'seed':>5} {'test spearman':>14} {'accuracy':>9} {'train s':>8}")
     for r in results:
         acc = f"{r['test_accuracy']:.4f}" if "test_accuracy" in r else ""
-        print(f"{r['recipe']:14} {r['framework']:22} {r['test_spearman_cosine']:14.4f} {acc:>9} {r['train_seconds']:8.1f}")
+        print(f"{r['recipe']:14} {r['framework']:22} {r['seed']:5d} {r['test_spearman_cosine']:14.4f} {acc:>9} "
+              f"{r['train_seconds']:8.1f}")
     for recipe in args.recipes:
-        by = {r["framework"]: r for r in results if r["recipe"] == recipe}
-        if len(by) == 2:
-            ratio = by["jaxsbert"]["train_seconds"] / by["sentence-transformers"]["train_seconds"]
+        mean = {}
+        for fw in args.frameworks:
+            runs = [r for r in results if r["recipe"] == recipe and r["framework"] == fw]
+            scores, seconds = [r["test_spearman_cosine"] for r in runs], [r["train_seconds"] for r in runs]
+            mean[fw] = float(np.mean(seconds))
+            print(f"{recipe} {fw}: test spearman mean {np.mean(scores):.4f} (sd {np.std(scores):.4f}, "
+                  f"{len(runs)} seed(s)), train time mean {mean[fw]:.1f} s")
+        if len(mean) == 2:
+            ratio = mean["jaxsbert"] / mean["sentence-transformers"]
             print(f"{recipe}: jaxsbert wall time = {ratio:.2f}x sentence-transformers'")
 
 
