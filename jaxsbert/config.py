@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "nonfinite": "skip",             # non-finite loss/gradient: "skip" the update (counted) or "stop"
     "save_model": True,              # write a sentence-transformers directory at the end
     "tensorboard": True,             # when tensorboard is installed
+    "compilation_cache": "auto",     # persistent XLA cache dir (jaxsbert.compilation_cache); None: off
 }
 
 
@@ -154,7 +155,8 @@ def load_config_file(path_or_name: str) -> dict:
 
 
 # keys that take more than the type of their default
-_ALSO_ACCEPTED: dict[str, tuple[type, ...]] = {"data.batch_sampler": (dict,), "data.packing": (bool, dict)}
+_ALSO_ACCEPTED: dict[str, tuple[type, ...]] = {"data.batch_sampler": (dict,), "data.packing": (bool, dict),
+                                               "compilation_cache": (bool,)}
 _CHOICES: dict[str, tuple[str, ...]] = {"nonfinite": ("skip", "stop"), "compute_dtype": ("float32", "bfloat16")}
 
 

@@ -4,6 +4,9 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# tests compile every program themselves (compile counts are asserted; nothing is written to ~/.cache);
+# tests/test_compilation_cache.py turns the cache on where it tests it
+os.environ.setdefault("JAXSBERT_COMPILATION_CACHE", "0")
 SHARED_DATA = pathlib.Path(os.environ.get("JAXSBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

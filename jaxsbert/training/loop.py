@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsbert import data as jdata
+from jaxsbert import compilation_cache, data as jdata
 from jaxsbert.encoder import SentenceEncoder
 from jaxsbert.losses import get_loss
 from jaxsbert.models.bundled import resolve_model
@@ -151,6 +151,8 @@ def train(config: dict, workdir: str, resume: bool = False) -> dict:
 
 def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignals) -> dict:
     t_start = time.time()
+    cache = compilation_cache.enable(config["compilation_cache"])
+    log.info("XLA compilation cache: %s", cache or "off")
     run = prepare(config)
     encoder = run.encoder
     config_path = os.path.join(workdir, "config.json")
