@@ -91,18 +91,21 @@ class CompileCounter:
             self.seconds += duration
 
 
-def run_worker(args: list[str], what: str, framework: str = "jaxsbert") -> dict:
+def run_worker(args: list[str], what: str, framework: str = "jaxsbert", compilation_cache: str = "0") -> dict:
     """Runs ``python ARGS`` in a fresh process from the repository root and returns the JSON of its
     ``RESULT {...}`` line; on failure prints the worker's output tails and exits naming ``what``.
 
     A sentence-transformers worker runs with the system allocator as its users have it: the worker
-    imports jaxsbert's data readers, and importing jaxsbert would otherwise apply jaxsbert.host_memory."""
+    imports jaxsbert's data readers, and importing jaxsbert would otherwise apply jaxsbert.host_memory.
+    A jaxsbert worker compiles everything itself unless ``compilation_cache`` names a cache directory
+    (``JAXSBERT_COMPILATION_CACHE``), so compile counts and times are a fresh machine's."""
     import json
     import subprocess
 
     env = dict(os.environ)
     if framework != "jaxsbert":
         env["JAXSBERT_KEEP_HOST_MEMORY"] = "0"
+    env["JAXSBERT_COMPILATION_CACHE"] = compilation_cache
     out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env)
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
