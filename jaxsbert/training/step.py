@@ -34,11 +34,12 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
 
     A step whose loss, gradients or update are not all finite applies no update (parameters, optimizer
     state and loss heads keep their values) and increments ``state["nonfinite"]``; the loop decides
-    whether to stop. The test is on three scalars, so it costs no pass over the parameters: the loss, the
-    global gradient norm and the global norm of the update (a norm is finite only if every element is,
-    and its square does not overflow, i.e. every element is below ~1.8e19 in magnitude). For the
-    supported optimizers (SGD, Adam/AdamW, gradient clipping, accumulation) finite gradients keep the
-    optimizer state finite, and a finite update keeps the parameters finite.
+    whether to stop. The test is on three scalars instead of an isfinite pass over every leaf of the
+    gradients, parameters and optimizer state: the loss, the global gradient norm and the global norm of
+    the update (a norm is finite only if every element is finite and below ~1.8e19 in magnitude, so
+    gradients or updates that large also count as non-finite). For the supported optimizers (SGD,
+    Adam/AdamW, gradient clipping, accumulation) finite gradients of that size keep the optimizer state
+    finite, and such an update keeps finite parameters finite.
     """
     def step(state, batch):
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
