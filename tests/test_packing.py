@@ -148,3 +148,19 @@ def test_packed_loader_pads_each_batch_to_the_fewest_rows_that_hold_it():
         assert got == min(c for c in counts if c >= need), (need, got, counts)
         used.add(got)
     assert used == set(counts)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_shape_positions_name_one_batch_per_program(packing):
+    """The loader names one batch of each shape of the first epoch, which the trainer compiles before its
+    first step: packed, one per row count; unpacked, one per length bucket."""
+    from test_data import WordTokenizer, pairs
+    from jaxsbert.data import DataLoader
+
+    ds, tok = pairs(200, max_words=30), WordTokenizer()
+    ld = DataLoader(ds, tok, batch_size=12 if packing else 3, seed=3, packing=packing, pack_length=64,
+                    max_segments=8, buckets=(8, 16, 24, 32))
+    shape = lambda b: b["features"]["input_ids"].shape if packing else b["features"][0]["input_ids"].shape
+    every = {shape(ld.batch_at((0, i)).batch) for i in range(ld.steps_per_epoch(0))}
+    named = [shape(ld.batch_at(p).batch) for p in ld.shape_positions(0)]
+    assert sorted(named) == sorted(every) and len(every) >= 2

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 import datasets
 import numpy as np
 
-from jaxsbert.data.batching import batch_sentences, make_batch, make_packed_batch, process_rows
+from jaxsbert.data.batching import batch_length, batch_sentences, make_batch, make_packed_batch, process_rows
 from jaxsbert.data.buckets import bucket_for, length_buckets
 from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, DEFAULT_ROW_LENGTH, rows_needed
 from jaxsbert.data.columns import validate_dataset
@@ -214,6 +214,21 @@ class DataLoader:
             return fits[0]
         step = max(self.row_multiple, self.pack_rows[name][-1] // 4)
         return -(-need // step) * step
+
+    def shape_positions(self, epoch: int = 0, sample: int = 256) -> list[Position]:
+        """One position per distinct batch shape (dataset and packed rows, or dataset and length bucket)
+        among each dataset's first ``sample`` batches of ``epoch``: the programs a run needs, to compile
+        them before the first step."""
+        first: dict[tuple, Position] = {}
+        seen: dict[str, int] = {}
+        for index, (name, rows) in enumerate(self.plan(epoch)):
+            if seen.get(name, 0) >= sample:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            shape = (self._packed_rows(name, rows) if name in self.pack_shapes
+                     else batch_length(self.data[name], rows, self.buckets))
+            first.setdefault((name, shape), Position(epoch, index))
+        return list(first.values())
 
     def batch_at(self, position: Position | tuple | Mapping) -> LoaderBatch:
         """The batch at ``position`` (this process's slice)."""
