@@ -205,7 +205,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     # every program the first epoch's batches need, compiled before the first step: throughput is steady
     # from there on, and a program that does not fit fails here rather than mid-run
     t_compile = time.time()
-    programs = run.loader.shape_positions(position.epoch)
+    programs = run.loader.shape_positions(position.epoch) if int(state["step"]) < run.total_steps else []
     for pos in programs:
         item = run.loader.batch_at(pos)
         steps[item.dataset].lower(state, pmesh.global_batch(mesh, item.batch)).compile()
