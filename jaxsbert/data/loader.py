@@ -53,6 +53,9 @@ class LoaderBatch:
     next_position: Position      # where to resume after this batch has been trained on
 
 
+SHAPE_SAMPLE = 256   # batches per dataset from which the row counts and the programs to compile are read
+
+
 def row_buckets(needs: Sequence[int], multiple: int = 1) -> tuple[int, ...]:
     """The packed-row counts for batches that need ``needs`` rows: the median, the 90th percentile and
     the largest need, each rounded up to a multiple of ``multiple`` (so at most three programs; the
@@ -83,7 +86,7 @@ class DataLoader:
       packing: pack the sentences of each batch into rows (:mod:`jaxsbert.data.packing`); a bool, or
         ``{name: bool}``. Packed rows have ``max(pack_length, longest sentence's bucket)`` tokens and
         at most ``max_segments`` sentences. A batch gets the fewest rows that hold it out of up to
-        three counts per dataset (:func:`row_buckets` of the first epoch's first 256 batches:
+        three counts per dataset (:func:`row_buckets` of the first epoch's first ``SHAPE_SAMPLE`` batches:
         multiples of ``row_multiple``), so a few programs serve every batch; one that needs more than
         the largest count gets more rows (and a program of its own).
     """
@@ -154,7 +157,7 @@ class DataLoader:
             if packed.get(name):
                 longest = max(int(c.lengths.max()) for c in self.data[name].inputs)
                 length = max(int(pack_length), bucket_for(longest, self.buckets))
-                sample = [rows for n, rows in self.plan(0) if n == name][:256]
+                sample = [rows for n, rows in self.plan(0) if n == name][:SHAPE_SAMPLE]
                 self.pack_rows[name] = row_buckets([self._rows_needed(name, rows, length) for rows in sample],
                                                    self.row_multiple)
                 self.pack_shapes[name] = (self.pack_rows[name][-1], length)
@@ -215,7 +218,7 @@ class DataLoader:
         step = max(self.row_multiple, self.pack_rows[name][-1] // 4)
         return -(-need // step) * step
 
-    def shape_positions(self, epoch: int = 0, sample: int = 256) -> list[Position]:
+    def shape_positions(self, epoch: int = 0, sample: int = SHAPE_SAMPLE) -> list[Position]:
         """One position per distinct batch shape (dataset and packed rows, or dataset and length bucket)
         among each dataset's first ``sample`` batches of ``epoch``: the programs a run needs, to compile
         them before the first step."""

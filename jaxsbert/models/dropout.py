@@ -8,7 +8,8 @@ one key (``seed``) and each element's bits are ``mix(mix(index ^ seed[0]) + seed
 murmur3 32-bit finalizer (a bijection with full avalanche). Threefry for every element costs ~20 rounds
 of integer work; this is ~7 operations, and on CPU it is what dropout cost: attention-probability
 dropout draws one number per score, ``[rows, heads, L, L]`` per layer (~6M per step of a batch of 16
-packed STSb pairs, 40 ms of a 500 ms step with threefry, 6 ms with the hash).
+packed STSb pairs). Measured on such a CoSENT step: dropout ~53 ms with flax's Dropout, ~10 ms with this
+(one layer's attention mask: 15.5 ms with ``jax.random.bernoulli``, 0.7 ms hashed).
 """
 from __future__ import annotations
 

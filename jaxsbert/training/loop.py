@@ -205,14 +205,14 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     # every program the first epoch's batches need, compiled before the first step: throughput is steady
     # from there on, and a program that does not fit fails here rather than mid-run
     t_compile = time.time()
-    programs = run.loader.shape_positions(position.epoch) if int(state["step"]) < run.total_steps else []
+    start_step = int(state["step"])
+    programs = run.loader.shape_positions(position.epoch) if start_step < run.total_steps else []
     for pos in programs:
         item = run.loader.batch_at(pos)
         steps[item.dataset].lower(state, pmesh.global_batch(mesh, item.batch)).compile()
     log.info("compiled %d train step program(s) in %.1f s", len(programs), time.time() - t_compile)
 
     writer = MetricsWriter(workdir, tensorboard=bool(config["tensorboard"]))
-    start_step = int(state["step"])
     log.info("training %s: %d steps, global batch %d, %d device(s), mesh %s, losses %s", config["name"],
              run.total_steps, config["batch_size"], jax.device_count(), dict(mesh.shape),
              {n: l.name for n, l in run.losses.items()})
