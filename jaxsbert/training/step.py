@@ -32,14 +32,18 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
                     schedule: Callable, grad_accum_steps: int = 1, has_labels: bool = True) -> Callable:
     """state, batch -> state, metrics. Metrics stay on device (no host sync here).
 
-    A step whose loss, gradients or update are not all finite applies no update (parameters, optimizer
-    state and loss heads keep their values) and increments ``state["nonfinite"]``; the loop decides
-    whether to stop. The test is on three scalars instead of an isfinite pass over every leaf of the
-    gradients, parameters and optimizer state: the loss, the global gradient norm and the global norm of
-    the update (a norm is finite only if every element is finite and below ~1.8e19 in magnitude, so
-    gradients or updates that large also count as non-finite). For the supported optimizers (SGD,
-    Adam/AdamW, gradient clipping, accumulation) finite gradients of that size keep the optimizer state
-    finite, and such an update keeps finite parameters finite.
+    Non-finite steps increment ``state["nonfinite"]`` and the loop decides whether to stop:
+
+    - loss or gradients not finite (NaN/inf, or a global gradient norm that overflows): nothing is
+      updated; parameters, loss heads and optimizer state (moments, step count, accumulators) keep their
+      values. The test is on two scalars, the loss and the global gradient norm (a norm is finite only if
+      every element is finite and below ~1.8e19 in magnitude), and the update runs under ``lax.cond``, so
+      a finite step costs no more than an unguarded one.
+    - finite gradients whose update makes the parameters non-finite (a learning rate far too large): the
+      parameters and loss heads keep their values; the optimizer state has taken the step (for the
+      supported optimizers, SGD, Adam/AdamW, clipping and accumulation, finite gradients of that size keep
+      it finite). Reverting it too would keep a second copy of every moment alive through the update,
+      which costs ~30 ms of a ~330 ms MiniLM CoSENT step on CPU.
     """
     def step(state, batch):
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
@@ -54,12 +58,21 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
         grads = {"params": g_params, "heads": g_heads}
         trainable = {"params": state["params"], "heads": state["heads"]}
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], trainable)
-        # an update that overflows (a learning rate far too large) is as unusable as a NaN gradient
-        finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
-        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-        trainable = keep(optax.apply_updates(trainable, updates), trainable)
-        opt_state = keep(opt_state, state["opt_state"])
+
+        def update():
+            updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+            applied = optax.apply_updates(trainable, updates)
+            # an update that overflows (a learning rate far too large) is as unusable as a NaN gradient
+            params_finite = jnp.isfinite(optax.tree.norm(applied))
+            kept = jax.tree_util.tree_map(lambda n, o: jnp.where(params_finite, n, o), applied, trainable)
+            return kept, opt_state, params_finite
+
+        def skip():
+            return trainable, state["opt_state"], jnp.array(False)
+
+        grads_finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+        trainable, opt_state, params_finite = jax.lax.cond(grads_finite, update, skip)
+        finite = grads_finite & params_finite
         new_state = {
             "step": state["step"] + 1,
             "params": trainable["params"],
