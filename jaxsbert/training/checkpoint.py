@@ -68,21 +68,53 @@ def _leaf_digest(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 _digest = jax.jit(lambda leaves: [_leaf_digest(jnp.asarray(x)) for x in leaves])
 
 
+def _leaf_digest_numpy(x: np.ndarray, index: dict[int, np.ndarray]) -> tuple[list[int], bool]:
+    """:func:`_leaf_digest` in numpy (uint32 arithmetic wraps the same way, and sums modulo 2**32 do not
+    depend on the order of the additions, so the values are identical); ``index`` caches aranges by size."""
+    if x.dtype == np.bool_:
+        bits = x.astype(np.uint32)
+    else:
+        as_uint = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}[x.dtype.itemsize]
+        bits = np.ascontiguousarray(x).view(as_uint).astype(np.uint32, copy=False)
+    bits = bits.reshape(-1)
+    if bits.shape[0] not in index:
+        index[bits.shape[0]] = np.arange(bits.shape[0], dtype=np.uint32)
+    i = index[bits.shape[0]]
+    plain = np.sum(bits ^ (i * np.uint32(0x9E3779B9)), dtype=np.uint32)
+    weighted = np.sum(bits * (2 * i + np.uint32(1)), dtype=np.uint32)
+    finite = bool(np.all(np.isfinite(x))) if np.issubdtype(x.dtype, np.inexact) else True
+    return [int(plain), int(weighted)], finite
+
+
 def _host(x: jax.Array) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         x = x.addressable_data(0)     # replicated scalars of a multi-process computation
     return np.asarray(x)
 
 
+def _on_host_cpu(x: Any) -> bool:
+    return not isinstance(x, jax.Array) or (x.is_fully_addressable and
+                                            all(d.platform == "cpu" for d in x.sharding.device_set))
+
+
 def digest(state: Any) -> tuple[dict[str, list[int]], list[str]]:
-    """Checksums of every array of ``state`` by name, and the names of arrays holding NaN or inf."""
+    """Checksums of every array of ``state`` by name, and the names of arrays holding NaN or inf.
+
+    Arrays in host memory (the CPU backend) are summed in numpy: the jitted digest's XLA compilation
+    costs ~4 s on a 2-core CPU for a MiniLM train state, the numpy pass ~0.5 s. Arrays on accelerators
+    or split across processes use the jitted digest (same values)."""
     flat = _flat(state)
     names = list(flat)
-    results = _digest([flat[n] for n in names])
+    if all(_on_host_cpu(flat[n]) for n in names):
+        index: dict[int, np.ndarray] = {}
+        results = [_leaf_digest_numpy(np.asarray(flat[n]), index) for n in names]
+    else:
+        results = [([int(v) for v in _host(sums)], bool(_host(finite)))
+                   for sums, finite in _digest([flat[n] for n in names])]
     checksums, nonfinite = {}, []
     for name, (sums, finite) in zip(names, results):
-        checksums[name] = [int(v) for v in _host(sums)]
-        if not bool(_host(finite)):
+        checksums[name] = sums
+        if not finite:
             nonfinite.append(name)
     return checksums, nonfinite
 
