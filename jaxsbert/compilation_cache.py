@@ -6,7 +6,8 @@ shape); a re-run of the same config (another seed, a resumed or restarted run) l
 
 - ``"auto"`` or ``True`` (default): ``$JAXSBERT_COMPILATION_CACHE`` if set (``0``/``off``/empty: no cache), else
   ``$XDG_CACHE_HOME/jaxsbert/xla`` (``~/.cache/jaxsbert/xla``);
-- a path: that directory;  ``None``/``False``: no cache.
+- a path: that directory;  ``None``/``False``, or the strings the environment variable reads as off
+  (``"0"``, ``"off"``, ``"false"``, ``"none"``, ``""``): no cache (never a directory named ``0``).
 
 The cache is JAX's own (``jax_compilation_cache_dir``); like any compilation cache it is trusted
 code, so keep it in a directory only you can write. Programs that compile in under a second are
@@ -38,7 +39,9 @@ def resolve(setting) -> str | None:
             value = os.environ[ENV].strip()
             return None if value.lower() in _OFF else os.path.expanduser(value)
         return default_dir()
-    if isinstance(setting, str) and setting.strip():
+    if isinstance(setting, str) and setting.strip().lower() in _OFF:
+        return None
+    if isinstance(setting, str):
         return os.path.expanduser(setting)
     raise ValueError(f"compilation_cache must be 'auto', a directory or None; got {setting!r}")
 

@@ -19,6 +19,7 @@ def test_resolve(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert resolve("auto") == resolve(True) == default_dir() == str(tmp_path / "jaxsbert" / "xla")
     assert resolve(None) is None and resolve(False) is None
+    assert all(resolve(off) is None for off in ("0", "off", "False", "none", "", " "))   # as the env var reads them
     assert resolve(str(tmp_path / "c")) == str(tmp_path / "c")
     for off in ("0", "off", ""):
         monkeypatch.setenv(ENV, off)
