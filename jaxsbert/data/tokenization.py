@@ -150,7 +150,10 @@ def tokenize_dataset(dataset: datasets.Dataset, tokenizer: TokenizerFn, *, use_m
             inputs.append(TokenizedColumn(ids, np.arange(len(dataset), dtype=np.int64), len(cut)))
         inputs = tuple(inputs)
     else:
-        inputs = tuple(tokenize_column(dataset[c], tokenizer, chunk_size) for c in columns.inputs)
+        # the column as one Arrow array (indices mapping applied) -> list: iterating ``dataset[c]`` goes row by
+        # row through the formatter (~0.3 s per 10k rows)
+        table = dataset.with_format("arrow")
+        inputs = tuple(tokenize_column(table[c].to_pylist(), tokenizer, chunk_size) for c in columns.inputs)
     dtype = label_dtype(dataset, columns.label)
     labels = None
     if columns.label is not None:
