@@ -1,6 +1,6 @@
 """Persistent XLA compilation cache: a train step is compiled once per machine, not once per run.
 
-A MiniLM train step takes ~8 s to compile on a 2-core CPU, and a run compiles one per (loss, batch
+A MiniLM train step takes ~6-8 s to trace and compile on a 2-core CPU, and a run compiles one per (loss, batch
 shape); a re-run of the same config (another seed, a resumed or restarted run) loads them from disk.
 ``jaxsbert train`` turns the cache on (config key ``compilation_cache``):
 
