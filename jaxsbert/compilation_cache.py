@@ -30,6 +30,10 @@ def default_dir() -> str:
     return os.path.join(base, "jaxsbert", "xla")
 
 
+def _is_off(text: str) -> bool:
+    return text.strip().lower() in _OFF
+
+
 def resolve(setting) -> str | None:
     """The cache directory for a config's ``compilation_cache`` setting, or None for no cache."""
     if setting is None or setting is False:
@@ -37,12 +41,10 @@ def resolve(setting) -> str | None:
     if setting is True or setting == "auto":
         if ENV in os.environ:
             value = os.environ[ENV].strip()
-            return None if value.lower() in _OFF else os.path.expanduser(value)
+            return None if _is_off(value) else os.path.expanduser(value)
         return default_dir()
-    if isinstance(setting, str) and setting.strip().lower() in _OFF:
-        return None
     if isinstance(setting, str):
-        return os.path.expanduser(setting)
+        return None if _is_off(setting) else os.path.expanduser(setting)
     raise ValueError(f"compilation_cache must be 'auto', a directory or None; got {setting!r}")
 
 

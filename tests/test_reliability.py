@@ -434,7 +434,6 @@ def test_digest_sees_any_changed_word():
     assert digest(swapped)[0]["params.dense.kernel"] != base["params.dense.kernel"]
 
 
-
 def test_digest_same_on_host_and_in_xla():
     """The numpy digest (CPU arrays) and the jitted one (accelerators, arrays split across processes) give
     the same checksums, so a checkpoint written through one path verifies through the other."""

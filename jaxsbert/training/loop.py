@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -298,8 +299,6 @@ def _compile_all(steps: dict, positions: list, loader: jdata.DataLoader, mesh, s
     """Compiles the train step for the batch at each position. XLA compiles in threads (it releases the
     GIL), so one program compiles while the next is traced and lowered, and several compile at once on
     several cores (two MiniLM programs on 2 cores: ~15 s one after the other, ~12 s this way)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     if not positions:
         return
     with ThreadPoolExecutor(max_workers=min(len(positions), os.cpu_count() or 1)) as pool:
