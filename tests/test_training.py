@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxsbert.config import DEFAULTS, ConfigError, apply_overrides, build_config, merge
-from jaxsbert.training.optimizer import decay_mask, make_optimizer, make_schedule
+from jaxsbert.training.optimizer import decay_mask, make_optimizer, make_schedule, update_check_never_fires
 from helpers import save_tiny_model
 
 
@@ -92,6 +92,47 @@ def test_adamw_matches_torch_with_decay_mask_and_clipping():
     assert mask["dense"]["kernel"] and not mask["dense"]["bias"] and not mask["LayerNorm"]["scale"]
 
 
+@pytest.mark.parametrize("name, clip", [("adam", 0.0), ("adamw", 1.0)])
+def test_adam_update_stays_within_the_proved_bound(name, clip):
+    """update_check_never_fires rests on |update| <= lr C, C = 1 / sqrt((1 - b1^2/b2)(1 - b2)). Gradients
+    g_i = (b1/b2)^(t-i) make Cauchy-Schwarz tight (the ratio m / sqrt(v) tends to (1 - b1) C), followed by a
+    sign flip, a spike and random heavy-tailed noise: the measured ratio must stay below C at every step."""
+    b1, b2 = DEFAULTS["optim"]["b1"], DEFAULTS["optim"]["b2"]
+    bound = 1.0 / np.sqrt((1 - b1 * b1 / b2) * (1 - b2))
+    optim = dict(DEFAULTS["optim"], name=name, lr=1.0, schedule="constant", warmup_ratio=0.0, weight_decay=0.0,
+                 max_grad_norm=clip)
+    tx, _ = make_optimizer(optim, 4000)
+    rng = np.random.default_rng(0)
+    growth = (b1 / b2) ** -np.arange(3000)                     # oldest smallest: the tight case for step 3000
+    grads = np.concatenate([growth / growth[-1] * 0.5, [-1e3, 1e6, -1e-6], rng.standard_cauchy(900)])
+    params = {"w": jnp.zeros(())}
+    update = jax.jit(lambda g, state: tx.update({"w": g}, state, params))
+    state, ratios = tx.init(params), []
+    for g in grads.astype(np.float32):
+        updates, state = update(g, state)
+        ratios.append(abs(float(updates["w"])))
+    assert max(ratios) <= bound
+    assert max(ratios[:3000]) > 0.95 * (1 - b1) * bound        # the sequence did reach the tight regime
+
+
+def test_update_check_never_fires_decides_on_the_bound():
+    optim = build_config("stsb_cosent")["optim"]               # the recipe: AdamW 2e-5, 360 steps, MiniLM
+    assert update_check_never_fires(optim, 360, 12.0, 22_713_216)
+    b1, b2 = optim["b1"], optim["b2"]
+    ratio = 1.0 / np.sqrt((1 - b1 * b1 / b2) * (1 - b2))
+    n, steps = 1_000_000, 100
+    lr_edge = (np.sqrt(1e38 / n) - 1.0) / (steps * ratio)      # the lr at which n (1 + steps lr C)^2 = 1e38
+    assert update_check_never_fires(dict(optim, lr=lr_edge * 0.999), steps, 1.0, n)
+    assert not update_check_never_fires(dict(optim, lr=lr_edge * 1.001), steps, 1.0, n)
+    assert not update_check_never_fires(dict(optim, lr=1e38), 360, 12.0, 22_713_216)
+    assert not update_check_never_fires(optim, 360, float("nan"), 22_713_216)
+    assert not update_check_never_fires(optim, 360, float("inf"), 22_713_216)
+    assert not update_check_never_fires(dict(optim, b1=0.999, b2=0.9), 360, 12.0, 22_713_216)   # b1^2 >= b2
+    assert not update_check_never_fires(dict(optim, eps=0.0), 360, 12.0, 22_713_216)
+    assert not update_check_never_fires(dict(optim, weight_decay=1e6, lr=1e-5), 360, 12.0, 22_713_216)
+    assert not update_check_never_fires(dict(optim, name="sgd"), 360, 12.0, 22_713_216)
+
+
 # --------------------------------------------------------------------------------- end to end, resume
 
 @pytest.fixture(scope="module")
@@ -143,6 +184,34 @@ def test_resume_continues_exactly(tiny_model, tmp_path):
     assert full["eval"]["dev_spearman_cosine"] is not None
     metrics = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
     assert [m["step"] for m in metrics if m["kind"] == "train"][-1] == 12
+
+
+def test_trainer_keeps_the_update_check_only_where_an_update_can_trip_it(tiny_model, tmp_path, monkeypatch):
+    """lr 1e-3: the check is compiled out and training goes on as usual; lr 1e30: it is kept, and every
+    update (which overflows the parameters' norm) is skipped and counted, the parameters unchanged."""
+    from jaxsbert.encoder import SentenceEncoder
+    from jaxsbert.training import loop
+
+    built = []
+
+    def recording(*args, **kwargs):
+        built.append(kwargs["check_update"])
+        return make_train_step(*args, **kwargs)
+    make_train_step = loop.make_train_step
+    monkeypatch.setattr(loop, "make_train_step", recording)
+    kw = dict(epochs=1, data={"train": {"demo": {"source": "demo", "split": "train", "limit": 48}}, "eval": {}},
+              checkpoint={"every_steps": 0, "keep": 1, "async": False})
+    usual = loop.train(_config(tiny_model, **kw), str(tmp_path / "usual"))
+    assert built == [False] and usual["steps"] == 3
+    records = [json.loads(l) for l in open(tmp_path / "usual" / "metrics.jsonl")]
+    assert [r["nonfinite"] for r in records if r["kind"] == "train"][-1] == 0
+    huge = loop.train(_config(tiny_model, optim={"lr": 1e30, "warmup_ratio": 0.0}, **kw), str(tmp_path / "huge"))
+    assert built == [False, True] and huge["steps"] == 3
+    records = [json.loads(l) for l in open(tmp_path / "huge" / "metrics.jsonl")]
+    assert [r["nonfinite"] for r in records if r["kind"] == "train"][-1] == 3
+    start = SentenceEncoder.from_pretrained(tiny_model).params
+    for x, y in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(_params(str(tmp_path / "huge"))["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_cli_train_export_and_sentence_transformers_loads(tiny_model, tmp_path):

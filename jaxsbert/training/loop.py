@@ -23,7 +23,7 @@ from jaxsbert.parallel import distributed, mesh as pmesh
 from jaxsbert.training import evaluators as tevals, preemption
 from jaxsbert.training.checkpoint import Checkpointer
 from jaxsbert.training.metrics import MetricsWriter
-from jaxsbert.training.optimizer import make_optimizer
+from jaxsbert.training.optimizer import make_optimizer, update_check_never_fires
 from jaxsbert.training.step import init_state, make_embed_fn, make_train_step
 
 log = logging.getLogger("jaxsbert")
@@ -197,9 +197,14 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     embed_fn = make_embed_fn(module, bool(config["dropout"]))
     batch_sharding = pmesh.batch_sharding(mesh)
     metric_sharding = pmesh.replicated(mesh)
+    # the step's check of the new parameters is compiled out when no update of this run can trip it
+    trainable = {"params": state["params"], "heads": state["heads"]}
+    check_update = not update_check_never_fires(optim, max(run.total_steps // accum, 1), _max_abs(trainable),
+                                                sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(trainable)))
     steps = {}
     for name, loss in run.losses.items():
-        fn = make_train_step(embed_fn, loss, name, tx, schedule, accum, has_labels=run.has_labels[name])
+        fn = make_train_step(embed_fn, loss, name, tx, schedule, accum, has_labels=run.has_labels[name],
+                             check_update=check_update)
         steps[name] = jax.jit(fn, in_shardings=(state_sharding, batch_sharding),
                               out_shardings=(state_sharding, metric_sharding), donate_argnums=0)
 
@@ -308,6 +313,17 @@ def _compile_all(steps: dict, positions: list, loader: jdata.DataLoader, mesh, s
             futures.append(pool.submit(steps[item.dataset].lower(state, pmesh.global_batch(mesh, item.batch)).compile))
         for future in futures:
             future.result()
+
+
+def _max_abs(tree) -> float:
+    """The largest magnitude in a tree of arrays (NaN if any element is): in numpy where every array is in
+    this process's memory, else one small jitted reduction (arrays sharded across processes stay sharded)."""
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if np.size(x)]
+    if not leaves:
+        return 0.0
+    if all(getattr(x, "is_fully_addressable", True) for x in leaves):
+        return float(np.max([np.max(np.abs(np.asarray(x))) for x in leaves]))   # np.max: a NaN wins
+    return float(jax.jit(lambda xs: jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in xs])))(leaves))
 
 
 def _start_or_resume(checkpointer: Checkpointer, state, resume: bool, started_before: bool, workdir: str):

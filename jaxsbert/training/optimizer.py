@@ -64,3 +64,31 @@ def make_optimizer(optim: dict, total_steps: int) -> tuple[optax.GradientTransfo
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
     return tx, schedule
+
+
+def update_check_never_fires(optim: dict, total_steps: int, max_abs_param: float, num_params: int) -> bool:
+    """True when no update of this Adam/AdamW run can trip the train step's check of the new parameters
+    (``isfinite(norm(params))``, ``step.make_train_step``), given finite gradients (the step skips any others)
+    and ``num_params`` trainable values, each at most ``max_abs_param`` in magnitude at the run's start.
+
+    Per element, with q = b1^2 / b2 < 1, Cauchy-Schwarz bounds the first moment by the second:
+    |m_t| <= (1 - b1) / sqrt((1 - q)(1 - b2)) * sqrt(v_t), and the bias corrections change the ratio by at most
+    sqrt(1 - b2^t) / (1 - b1^t) <= 1 / (1 - b1), so |u| = |m_hat| / (sqrt(v_hat) + eps) <= C = 1 / sqrt((1 - q)
+    (1 - b2)) (72.7 for b1 0.9, b2 0.999; eps > 0 keeps 0/0 away, and where float32 v underflows to 0 the
+    gradients in it were below ~4e-18, so |u| <= |m_hat| / eps < 1e-8). Clipping only scales the gradients.
+    AdamW's step p (1 - lr wd) - lr u, with 0 <= lr wd <= 2, grows |p| by at most lr C, so after ``total_steps`` steps
+    every |p| <= P = max_abs_param + total_steps lr C (the schedules here never exceed ``optim.lr``), and the
+    squared norm the check computes in float32 is at most num_params P^2, which must stay below 1e38 (float32
+    overflows at 3.4e38). When this holds the check can be compiled out without changing any result.
+    """
+    name = optim.get("name", "adamw")
+    if name not in ("adamw", "adam"):
+        return False
+    b1, b2, eps, lr = (float(optim[k]) for k in ("b1", "b2", "eps", "lr"))
+    weight_decay = float(optim["weight_decay"]) if name == "adamw" else 0.0
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0 and b1 * b1 < b2 and eps > 0.0 and lr >= 0.0
+            and 0.0 <= lr * weight_decay <= 2.0 and math.isfinite(max_abs_param)):
+        return False
+    moment_ratio = 1.0 / math.sqrt((1.0 - b1 * b1 / b2) * (1.0 - b2))
+    peak = abs(max_abs_param) + max(total_steps, 1) * lr * moment_ratio
+    return max(num_params, 1) * peak * peak < 1e38
