@@ -92,6 +92,34 @@ def test_adamw_matches_torch_with_decay_mask_and_clipping():
     assert mask["dense"]["kernel"] and not mask["dense"]["bias"] and not mask["LayerNorm"]["scale"]
 
 
+@pytest.mark.parametrize("scale", [0.1, 10.0])        # below and above max_grad_norm
+def test_clipping_with_a_given_norm_is_optax_clipping(scale):
+    """optimizer.clip_by_global_norm: the norm the train step passes (global_norm=...) gives bitwise the
+    updates and state of optax.clip_by_global_norm + AdamW; the state tree is optax's (checkpoints)."""
+    import optax
+    rng = np.random.default_rng(1)
+    params = {"a": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=7), jnp.float32)}
+    optim = dict(DEFAULTS["optim"], lr=1e-2, weight_decay=0.01, warmup_steps=1, max_grad_norm=1.0)
+    ours, schedule = make_optimizer(optim, 5)
+    theirs = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b1=optim["b1"], b2=optim["b2"],
+                         eps=optim["eps"], weight_decay=0.01, mask=decay_mask))
+    assert jax.tree_util.tree_structure(ours.init(params)) == jax.tree_util.tree_structure(theirs.init(params))
+    with_norm = jax.jit(lambda g, s: ours.update(g, s, params, global_norm=optax.tree.norm(g)))
+    without = jax.jit(lambda g, s: ours.update(g, s, params))
+    reference = jax.jit(lambda g, s: theirs.update(g, s, params))
+    states = [ours.init(params), ours.init(params), theirs.init(params)]
+    for _ in range(4):
+        g = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape) * scale, jnp.float32), params)
+        out = [fn(g, s) for fn, s in zip((with_norm, without, reference), states)]
+        for updates, _ in out[:2]:
+            for x, y in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(out[2][0])):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        states = [s for _, s in out]
+    for s in states[:2]:
+        for x, y in zip(jax.tree_util.tree_leaves(s), jax.tree_util.tree_leaves(states[2])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 @pytest.mark.parametrize("name, clip", [("adam", 0.0), ("adamw", 1.0)])
 def test_adam_update_stays_within_the_proved_bound(name, clip):
     """update_check_never_fires rests on |update| <= lr C, C = 1 / sqrt((1 - b1^2/b2)(1 - b2)). Gradients

@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -46,6 +47,20 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """``optax.clip_by_global_norm`` (same arithmetic, same empty state) that takes the gradients' global norm
+    as ``tx.update(..., global_norm=norm)`` when the caller has it: the train step computes it for its
+    finiteness test, and a second pass over every gradient costs ~5 ms of a MiniLM CoSENT B=16 step on 2 CPU
+    cores. Pass it only when the updates are the gradients themselves (not under ``optax.MultiSteps``)."""
+    def update(updates, state, params=None, *, global_norm=None, **extra_args):
+        del params, extra_args
+        norm = optax.tree.norm(updates) if global_norm is None else global_norm
+        trigger = jnp.squeeze(norm < max_norm)
+        return jax.tree_util.tree_map(lambda t: jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm),
+                                      updates), state
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
+
+
 def make_optimizer(optim: dict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = make_schedule(optim, total_steps)
     name = optim.get("name", "adamw")
@@ -58,7 +73,7 @@ def make_optimizer(optim: dict, total_steps: int) -> tuple[optax.GradientTransfo
         raise ValueError(f"optim.name={name!r} is not supported; supported: ['adamw', 'adam']")
     chain = [core]
     if optim.get("max_grad_norm"):
-        chain.insert(0, optax.clip_by_global_norm(float(optim["max_grad_norm"])))
+        chain.insert(0, clip_by_global_norm(float(optim["max_grad_norm"])))
     tx = optax.chain(*chain)
     accum = int(optim.get("grad_accum_steps") or 1)
     if accum > 1:

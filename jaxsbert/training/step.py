@@ -64,7 +64,11 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
         grad_norm = optax.tree.norm(grads)
 
         def update():
-            updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+            # the norm is the clipping's too (optimizer.clip_by_global_norm), except under accumulation,
+            # which clips the accumulated gradient
+            takes_norm = grad_accum_steps == 1 and isinstance(tx, optax.GradientTransformationExtraArgs)
+            known = {"global_norm": grad_norm} if takes_norm else {}
+            updates, opt_state = tx.update(grads, state["opt_state"], trainable, **known)
             applied = optax.apply_updates(trainable, updates)
             if not check_update:
                 return applied, opt_state, jnp.array(True)
