@@ -237,8 +237,8 @@ def test_trainer_keeps_the_update_check_only_where_an_update_can_trip_it(tiny_mo
     assert built == [False, True] and huge["steps"] == 3
     records = [json.loads(l) for l in open(tmp_path / "huge" / "metrics.jsonl")]
     assert [r["nonfinite"] for r in records if r["kind"] == "train"][-1] == 3
-    start = SentenceEncoder.from_pretrained(tiny_model).params
-    for x, y in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(_params(str(tmp_path / "huge"))["params"])):
+    start, end = SentenceEncoder.from_pretrained(tiny_model).params, _params(str(tmp_path / "huge"))["params"]
+    for x, y in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(end)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

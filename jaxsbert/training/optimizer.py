@@ -87,14 +87,15 @@ def update_check_never_fires(optim: dict, total_steps: int, max_abs_param: float
     and ``num_params`` trainable values, each at most ``max_abs_param`` in magnitude at the run's start.
 
     Per element, with q = b1^2 / b2 < 1, Cauchy-Schwarz bounds the first moment by the second:
-    |m_t| <= (1 - b1) / sqrt((1 - q)(1 - b2)) * sqrt(v_t), and the bias corrections change the ratio by at most
-    sqrt(1 - b2^t) / (1 - b1^t) <= 1 / (1 - b1), so |u| = |m_hat| / (sqrt(v_hat) + eps) <= C = 1 / sqrt((1 - q)
-    (1 - b2)) (72.7 for b1 0.9, b2 0.999; eps > 0 keeps 0/0 away, and where float32 v underflows to 0 the
-    gradients in it were below ~4e-18, so |u| <= |m_hat| / eps < 1e-8). Clipping only scales the gradients.
-    AdamW's step p (1 - lr wd) - lr u, with 0 <= lr wd <= 2, grows |p| by at most lr C, so after ``total_steps`` steps
-    every |p| <= P = max_abs_param + total_steps lr C (the schedules here never exceed ``optim.lr``), and the
-    squared norm the check computes in float32 is at most num_params P^2, which must stay below 1e38 (float32
-    overflows at 3.4e38). When this holds the check can be compiled out without changing any result.
+    |m_t| <= (1 - b1) / sqrt((1 - q)(1 - b2)) * sqrt(v_t), and the bias corrections change the ratio by at
+    most sqrt(1 - b2^t) / (1 - b1^t) <= 1 / (1 - b1), so |u| = |m_hat| / (sqrt(v_hat) + eps) <= C =
+    1 / sqrt((1 - q)(1 - b2)) (72.7 for b1 0.9, b2 0.999; eps > 0 keeps 0/0 away, and where float32 v
+    underflows to 0 the gradients in it were below ~4e-18, so |u| <= |m_hat| / eps < 1e-8). Clipping only
+    scales the gradients. AdamW's step p (1 - lr wd) - lr u, with 0 <= lr wd <= 2, grows |p| by at most
+    lr C, so after ``total_steps`` steps every |p| <= P = max_abs_param + total_steps lr C (the schedules
+    here never exceed ``optim.lr``), and the squared norm the check computes in float32 is at most
+    num_params P^2, which must stay below 1e38 (float32 overflows at 3.4e38). When this holds the check
+    can be compiled out without changing any result.
     """
     name = optim.get("name", "adamw")
     if name not in ("adamw", "adam"):
