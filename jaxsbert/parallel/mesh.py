@@ -80,6 +80,13 @@ def global_batch(mesh: Mesh, local_batch: Any) -> Any:
                                   local_batch)
 
 
+def in_host_memory(x: Any) -> bool:
+    """True for a host value or a jax.Array whose every shard is in this process's CPU memory: numpy can
+    read it without a device transfer or a collective."""
+    return not isinstance(x, jax.Array) or (x.is_fully_addressable and
+                                            all(d.platform == "cpu" for d in x.sharding.device_set))
+
+
 def local_copy(tree: Any) -> Any:
     """Full copies of (possibly sharded, multi-process) arrays on this process's first device, for
     process-local work (evaluation, export). An array sharded across processes is all-gathered, so when

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxsbert.parallel.mesh import in_host_memory
+
 log = logging.getLogger("jaxsbert")
 
 
@@ -92,11 +94,6 @@ def _host(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
 
 
-def _on_host_cpu(x: Any) -> bool:
-    return not isinstance(x, jax.Array) or (x.is_fully_addressable and
-                                            all(d.platform == "cpu" for d in x.sharding.device_set))
-
-
 def digest(state: Any) -> tuple[dict[str, list[int]], list[str]]:
     """Checksums of every array of ``state`` by name, and the names of arrays holding NaN or inf.
 
@@ -105,7 +102,7 @@ def digest(state: Any) -> tuple[dict[str, list[int]], list[str]]:
     or split across processes use the jitted digest (same values)."""
     flat = _flat(state)
     names = list(flat)
-    if all(_on_host_cpu(flat[n]) for n in names):
+    if all(in_host_memory(flat[n]) for n in names):
         index: dict[int, np.ndarray] = {}
         results = [_leaf_digest_numpy(np.asarray(flat[n]), index) for n in names]
     else:

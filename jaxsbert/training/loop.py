@@ -317,11 +317,12 @@ def _compile_all(steps: dict, positions: list, loader: jdata.DataLoader, mesh, s
 
 def _max_abs(tree) -> float:
     """The largest magnitude in a tree of arrays (NaN if any element is): in numpy where every array is in
-    this process's memory, else one small jitted reduction (arrays sharded across processes stay sharded)."""
+    this process's CPU memory, else one small jitted reduction (no transfer of the arrays to the host, and
+    arrays sharded across processes stay sharded)."""
     leaves = [x for x in jax.tree_util.tree_leaves(tree) if np.size(x)]
     if not leaves:
         return 0.0
-    if all(getattr(x, "is_fully_addressable", True) for x in leaves):
+    if all(pmesh.in_host_memory(x) for x in leaves):
         return float(np.max([np.max(np.abs(np.asarray(x))) for x in leaves]))   # np.max: a NaN wins
     return float(jax.jit(lambda xs: jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in xs])))(leaves))
 

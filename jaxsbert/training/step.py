@@ -49,6 +49,10 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
       ``check_update=False`` compiles this check out (~9 ms of that step, ~1 s of its compilation); the
       trainer passes it when ``optimizer.update_check_never_fires`` proves that no update of the run can trip it.
     """
+    # the step's gradient norm is the clipping's too (optimizer.clip_by_global_norm), except under
+    # accumulation, which clips the accumulated gradient
+    passes_norm = grad_accum_steps == 1 and isinstance(tx, optax.GradientTransformationExtraArgs)
+
     def step(state, batch):
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
         step_rng = jax.random.fold_in(step_rng, state["step"])
@@ -64,10 +68,7 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
         grad_norm = optax.tree.norm(grads)
 
         def update():
-            # the norm is the clipping's too (optimizer.clip_by_global_norm), except under accumulation,
-            # which clips the accumulated gradient
-            takes_norm = grad_accum_steps == 1 and isinstance(tx, optax.GradientTransformationExtraArgs)
-            known = {"global_norm": grad_norm} if takes_norm else {}
+            known = {"global_norm": grad_norm} if passes_norm else {}
             updates, opt_state = tx.update(grads, state["opt_state"], trainable, **known)
             applied = optax.apply_updates(trainable, updates)
             if not check_update:
