@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "compute_dtype": "float32",      # float32 | bfloat16 (parameters stay float32)
     "remat": False,
+    # train only the word-embedding rows of the training data's tokens (jaxsbert.training.compact_vocab):
+    # the same result, a cheaper step; applies to Adam, and AdamW without weight decay
+    "compact_vocab": True,
     "dropout": True,                 # train-mode dropout as in sentence-transformers
     "log_every": 10,
     "eval_every": 0,                 # steps; 0: only before and after training

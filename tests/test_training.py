@@ -93,31 +93,39 @@ def test_adamw_matches_torch_with_decay_mask_and_clipping():
 
 
 @pytest.mark.parametrize("scale", [0.1, 10.0])        # below and above max_grad_norm
-def test_clipping_with_a_given_norm_is_optax_clipping(scale):
-    """optimizer.clip_by_global_norm: the norm the train step passes (global_norm=...) gives bitwise the
-    updates and state of optax.clip_by_global_norm + AdamW; the state tree is optax's (checkpoints)."""
+def test_clipping_is_torchs_and_takes_a_given_norm(scale):
+    """optimizer.clip_by_global_norm: the gradients torch.nn.utils.clip_grad_norm_ leaves (to float32
+    rounding of the norm); bitwise the same updates whether the train step passes the norm
+    (global_norm=...) or the clipping computes it; the state tree is optax's (checkpoints)."""
     import optax
+    torch = pytest.importorskip("torch")
+    from jaxsbert.training.optimizer import clip_by_global_norm
     rng = np.random.default_rng(1)
     params = {"a": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=7), jnp.float32)}
     optim = dict(DEFAULTS["optim"], lr=1e-2, weight_decay=0.01, warmup_steps=1, max_grad_norm=1.0)
     ours, schedule = make_optimizer(optim, 5)
-    theirs = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b1=optim["b1"], b2=optim["b2"],
-                         eps=optim["eps"], weight_decay=0.01, mask=decay_mask))
+    theirs = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01, mask=decay_mask))
     assert jax.tree_util.tree_structure(ours.init(params)) == jax.tree_util.tree_structure(theirs.init(params))
     with_norm = jax.jit(lambda g, s: ours.update(g, s, params, global_norm=optax.tree.norm(g)))
     without = jax.jit(lambda g, s: ours.update(g, s, params))
-    reference = jax.jit(lambda g, s: theirs.update(g, s, params))
-    states = [ours.init(params), ours.init(params), theirs.init(params)]
+    clip = clip_by_global_norm(1.0)
+    states = [ours.init(params), ours.init(params)]
     for _ in range(4):
         g = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape) * scale, jnp.float32), params)
-        out = [fn(g, s) for fn, s in zip((with_norm, without, reference), states)]
-        for updates, _ in out[:2]:
-            for x, y in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(out[2][0])):
-                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        states = [s for _, s in out]
-    for s in states[:2]:
-        for x, y in zip(jax.tree_util.tree_leaves(s), jax.tree_util.tree_leaves(states[2])):
+        out = [fn(g, s) for fn, s in zip((with_norm, without), states)]
+        for x, y in zip(jax.tree_util.tree_leaves(out[0]), jax.tree_util.tree_leaves(out[1])):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        states = [s for _, s in out]
+        clipped, _ = clip.update(g, clip.init(params))
+        tg = [torch.nn.Parameter(torch.zeros(x.shape)) for x in jax.tree_util.tree_leaves(g)]
+        for t, x in zip(tg, jax.tree_util.tree_leaves(g)):
+            t.grad = torch.tensor(np.asarray(x))
+        torch.nn.utils.clip_grad_norm_(tg, 1.0)
+        for x, t in zip(jax.tree_util.tree_leaves(clipped), tg):
+            np.testing.assert_allclose(np.asarray(x), t.grad.numpy(), rtol=2e-7, atol=0)
+        if scale < 1:        # below max_norm: untouched
+            for x, y in zip(jax.tree_util.tree_leaves(clipped), jax.tree_util.tree_leaves(g)):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.parametrize("name, clip", [("adam", 0.0), ("adamw", 1.0)])
@@ -212,6 +220,123 @@ def test_resume_continues_exactly(tiny_model, tmp_path):
     assert full["eval"]["dev_spearman_cosine"] is not None
     metrics = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
     assert [m["step"] for m in metrics if m["kind"] == "train"][-1] == 12
+
+
+def _leaves_equal(a, b):
+    flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (path, x), (_, y) in zip(flat_a, flat_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+def _recording_compaction(monkeypatch):
+    from jaxsbert.training import loop
+
+    sizes = []
+    plan = loop._compact_vocab
+
+    def recording(*args):
+        vocab = plan(*args)
+        sizes.append(vocab.size if vocab else None)
+        return vocab
+    monkeypatch.setattr(loop, "_compact_vocab", recording)
+    return sizes
+
+
+def _leaves_close(a, b, atol):
+    flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (path, x), (_, y) in zip(flat_a, flat_b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("optim", [{"name": "adamw", "weight_decay": 0.0, "max_grad_norm": None},
+                                   {"name": "adam", "max_grad_norm": 1e-3}])
+def test_compact_vocab_trains_what_the_whole_table_trains(tiny_model, tmp_path, monkeypatch, optim):
+    """The step trains only the rows of the data's tokens and the run ends as one that trains the whole
+    table: bit for bit (parameters and optimizer moments) without clipping; with clipping, which fires on
+    every step at 1e-3, the global norm adds the same squares in another order, so the parameters agree to
+    float32 rounding. Checkpoints and the saved model hold the whole table, the other rows as they were."""
+    from jaxsbert.encoder import SentenceEncoder
+    from jaxsbert.training.loop import train
+
+    sizes = _recording_compaction(monkeypatch)
+    kw = dict(optim={"lr": 1e-3, "warmup_ratio": 0.2, **optim})
+    compact = train(_config(tiny_model, **kw), str(tmp_path / "compact"))
+    whole = train(_config(tiny_model, compact_vocab=False, **kw), str(tmp_path / "whole"))
+    assert sizes[0] is not None and sizes[0] % 128 == 0 and sizes[0] < 30522 and sizes[1:] == [None]
+    if optim["max_grad_norm"] is None:
+        _leaves_equal(compact["state"], whole["state"])
+        _leaves_equal(_params(str(tmp_path / "compact")), _params(str(tmp_path / "whole")))
+    else:
+        _leaves_close(compact["state"]["params"], whole["state"]["params"], atol=1e-6)
+        _leaves_close(_params(str(tmp_path / "compact"))["params"], _params(str(tmp_path / "whole"))["params"], atol=1e-6)
+    start = SentenceEncoder.from_pretrained(tiny_model).params["transformer"]["embeddings"]["word_embeddings"]
+    saved = SentenceEncoder.from_pretrained(compact["model"]).params["transformer"]["embeddings"]["word_embeddings"]
+    changed = np.flatnonzero(np.any(np.asarray(saved["embedding"]) != np.asarray(start["embedding"]), axis=1))
+    assert saved["embedding"].shape == (30522, 32) and 0 < len(changed) <= sizes[0]
+
+
+def test_resume_moves_between_compact_and_whole_tables(tiny_model, tmp_path, monkeypatch):
+    """A run stopped with compact_vocab and resumed without it (and the other way round) ends as an
+    uninterrupted run: checkpoints always hold the whole table and its moments."""
+    from jaxsbert.training.loop import train
+
+    sizes = _recording_compaction(monkeypatch)
+    kw = dict(optim={"lr": 1e-3, "warmup_ratio": 0.2, "weight_decay": 0.0})
+    full = train(_config(tiny_model, compact_vocab=False, **kw), str(tmp_path / "full"))
+    for first, then in [(True, False), (False, True)]:
+        workdir = str(tmp_path / f"{first}-{then}")
+        train(_config(tiny_model, stop_after_steps=5, compact_vocab=first, **kw), workdir)
+        resumed = train(_config(tiny_model, compact_vocab=then, **kw), workdir, resume=True)
+        assert resumed["steps"] == 12
+        _leaves_equal(_params(workdir), _params(str(tmp_path / "full")))
+    assert [s is not None for s in sizes] == [False, True, False, False, True]
+
+
+def test_compact_vocab_plan():
+    """Which optimizers allow it; rows are the data's tokens, the rows a resumed run's moments touch, and
+    padding up to a multiple of 128; bad token ids are named."""
+    import optax
+    from jaxsbert.parallel import mesh as pmesh
+    from jaxsbert.training.compact_vocab import CompactVocab, why_not
+
+    base = {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
+    assert why_not({**base, "name": "adamw", "weight_decay": 0.0}) is None
+    assert why_not({**base, "name": "adam", "weight_decay": 0.01}) is None        # adam has no decay
+    assert "weight decay" in why_not({**base, "name": "adamw", "weight_decay": 0.01})
+    assert "eps" in why_not({**base, "name": "adam", "eps": 0.0, "weight_decay": 0.0})
+    assert "sgd" in why_not({**base, "name": "sgd", "weight_decay": 0.0})
+
+    params = {"transformer": {"embeddings": {"word_embeddings": {"embedding": jnp.ones((1000, 4))}},
+                              "pooler": {"kernel": jnp.ones((4, 4))}}}
+    tx = optax.adam(1e-3)
+    trainable = {"params": params, "heads": {}}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "heads": {}, "opt_state": tx.init(trainable)}
+    mesh = pmesh.make_mesh(None)
+    sharding = pmesh.param_sharding(mesh, state)
+    vocab = CompactVocab.plan(np.array([5, 3, 900, 3]), state, mesh, sharding)
+    assert vocab.size == 128 and {3, 5, 900} <= set(vocab.rows.tolist()) and list(vocab.rows) == sorted(vocab.rows)
+    batch = {"features": ({"input_ids": np.array([[3, 5, 900]])},), "labels": np.zeros(1), "mask": np.ones(1, bool)}
+    ids = vocab.remap(batch)["features"][0]["input_ids"]
+    np.testing.assert_array_equal(vocab.rows[ids], [[3, 5, 900]])
+    assert 950 not in vocab.rows      # padding takes the lowest unused ids
+    with pytest.raises(ValueError, match="token id 950 is not in the compact vocabulary"):
+        vocab.remap({**batch, "features": {"input_ids": np.array([[3, 950]])}})
+    with pytest.raises(ValueError, match="token id 1000, outside the model's word-embedding table of 1000 rows"):
+        CompactVocab.plan(np.array([1, 1000]), state, mesh, sharding)
+    # a resumed state whose moments touched row 950 keeps it
+    mu = jax.tree_util.tree_map(jnp.zeros_like, trainable)
+    mu["params"]["transformer"]["embeddings"]["word_embeddings"]["embedding"] = jnp.zeros((1000, 4)).at[950, 1].set(1e-9)
+    resumed = {**state, "step": jnp.ones((), jnp.int32),
+               "opt_state": (optax.ScaleByAdamState(jnp.ones((), jnp.int32), mu, jax.tree_util.tree_map(jnp.zeros_like, mu)),)
+               + tuple(state["opt_state"][1:])}
+    assert 950 in CompactVocab.plan(np.array([3]), resumed, mesh, sharding).rows
+    compacted = CompactVocab.plan(np.array([3]), resumed, mesh, sharding).compact(resumed)
+    assert compacted["params"]["transformer"]["embeddings"]["word_embeddings"]["embedding"].shape == (128, 4)
+    assert compacted["params"]["transformer"]["pooler"]["kernel"].shape == (4, 4)
+    # no smaller table: no compaction
+    assert CompactVocab.plan(np.arange(900), state, mesh, sharding) is None
 
 
 def test_trainer_keeps_the_update_check_only_where_an_update_can_trip_it(tiny_model, tmp_path, monkeypatch):

@@ -195,6 +195,11 @@ class DataLoader:
             self._plans[epoch] = plan
         return self._plans[epoch]
 
+    def token_ids(self) -> np.ndarray:
+        """Every token id that this loader's batches can hold (its datasets' tokens and padding), ascending."""
+        parts = [col.unique.values for d in self.data.values() for col in d.inputs]
+        return np.unique(np.concatenate(parts + [np.asarray([self.pad_token_id], np.int32)]))
+
     def steps_per_epoch(self, epoch: int = 0) -> int:
         """Number of batches in ``epoch`` (the same every epoch, except with no_duplicates where it can vary)."""
         return len(self.plan(epoch))

@@ -22,6 +22,7 @@ from jaxsbert.models.bundled import resolve_model
 from jaxsbert.parallel import distributed, mesh as pmesh
 from jaxsbert.training import evaluators as tevals, preemption
 from jaxsbert.training.checkpoint import Checkpointer
+from jaxsbert.training.compact_vocab import CompactVocab, why_not as compaction_blocked
 from jaxsbert.training.metrics import MetricsWriter
 from jaxsbert.training.optimizer import make_optimizer, update_check_never_fires
 from jaxsbert.training.step import init_state, make_embed_fn, make_train_step
@@ -121,9 +122,9 @@ def _packing(setting: Any, losses: dict) -> dict[str, bool]:
     return packed
 
 
-def _evaluate(run: Run, params, heads, step: int, writer: MetricsWriter) -> dict[str, float]:
+def _evaluate(run: Run, state, step: int, writer: MetricsWriter) -> dict[str, float]:
     encoder = run.encoder
-    params, heads = pmesh.local_copy((params, heads))   # encode runs process-locally, on one device
+    params, heads = pmesh.local_copy((state["params"], state["heads"]))   # encode runs process-locally, on one device
     encoder.params = params
     results = {}
     for name, evaluator in run.evaluators.items():
@@ -190,10 +191,21 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
         checkpointer.close()
         raise
 
+    vocab = _compact_vocab(config, run, state, mesh, state_sharding)
+    if vocab:     # the step trains the compact table; checkpoints, evaluations and the model get the whole one
+        state = vocab.compact(state)
+        state_sharding = pmesh.param_sharding(mesh, state)
+
+    def whole(train_state):
+        return vocab.expand(train_state) if vocab else train_state
+
+    def to_device(batch):
+        return pmesh.global_batch(mesh, vocab.remap(batch) if vocab else batch)
+
     compute_dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config["compute_dtype"]]
     from jaxsbert.models.sentence_model import SentenceModel
-    module = SentenceModel(encoder.config, dtype=compute_dtype, remat=bool(config["remat"]),
-                           max_segments=int(config["data"]["max_segments"]))
+    module = SentenceModel(vocab.model_config(encoder.config) if vocab else encoder.config, dtype=compute_dtype,
+                           remat=bool(config["remat"]), max_segments=int(config["data"]["max_segments"]))
     embed_fn = make_embed_fn(module, bool(config["dropout"]))
     batch_sharding = pmesh.batch_sharding(mesh)
     metric_sharding = pmesh.replicated(mesh)
@@ -213,7 +225,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     t_compile = time.time()
     start_step = int(state["step"])
     programs = run.loader.shape_positions(position.epoch) if start_step < run.total_steps else []
-    _compile_all(steps, programs, run.loader, mesh, state)
+    _compile_all(steps, programs, run.loader, to_device, state)
     log.info("compiled %d train step program(s) in %.1f s", len(programs), time.time() - t_compile)
 
     writer = MetricsWriter(workdir, tensorboard=bool(config["tensorboard"]))
@@ -222,7 +234,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
              {n: l.name for n, l in run.losses.items()})
     best_metric, best_value, eval_results = config.get("best_metric"), None, {}
     if config["eval_before"] and start_step == 0 and run.evaluators:
-        eval_results = _evaluate(run, state["params"], state["heads"], 0, writer)
+        eval_results = _evaluate(run, whole(state), 0, writer)
         best_value = eval_results.get(best_metric) if best_metric else None
 
     log_every, eval_every = int(config["log_every"]), int(config["eval_every"])
@@ -235,16 +247,15 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     iterator = run.loader.iterate(position)
     pending_at = []    # (step, dataset, data position) of each pending step, to name a non-finite one
 
-    def save_checkpoint():
+    def save_checkpoint(whole_state):
         if step not in checkpointer.all_steps():
-            checkpointer.save(step, state, {"data_position": position.to_dict(), "step": step})
+            checkpointer.save(step, whole_state, {"data_position": position.to_dict(), "step": step})
 
     try:
         for item in iterator:
             if step >= run.total_steps or (stop_after and step - start_step >= stop_after) or stop.should_stop(step):
                 break
-            batch = pmesh.global_batch(mesh, item.batch)
-            state, metrics = steps[item.dataset](state, batch)
+            state, metrics = steps[item.dataset](state, to_device(item.batch))
             step += 1
             position = item.next_position
             pending.append(metrics)
@@ -261,19 +272,21 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
                 progress(step, record)
                 if stop_on_nonfinite and not all(bool(m["finite"]) for m in fetched):
                     bad = next(at for m, at in zip(fetched, pending_at) if not bool(m["finite"]))
-                    save_checkpoint()      # the skipped update left the state finite
+                    save_checkpoint(whole(state))      # the skipped update left the state finite
                     checkpointer.close()
                     raise FloatingPointError(_nonfinite_message(run, bad, step, checkpointer.directory))
                 pending_at = []
                 pending, t_log = [], now
             if eval_every and step % eval_every == 0 and step < run.total_steps and run.evaluators:
-                eval_results = _evaluate(run, state["params"], state["heads"], step, writer)
-                best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, state)
+                trained = whole(state)
+                eval_results = _evaluate(run, trained, step, writer)
+                best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, trained)
             if ckpt_every and step % ckpt_every == 0:
-                save_checkpoint()
+                save_checkpoint(whole(state))
     finally:
         iterator.close()
-    save_checkpoint()
+    state = whole(state)
+    save_checkpoint(state)
     checkpointer.close()
     train_seconds = time.time() - t_start
     summary = {"steps": step, "train_seconds": round(train_seconds, 2), "workdir": workdir}
@@ -284,7 +297,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
         summary.update(stopped=True, state=state, **({"signal": stop.name} if stop.requested else {}))
         return summary
     if run.evaluators:
-        eval_results = _evaluate(run, state["params"], state["heads"], step, writer)
+        eval_results = _evaluate(run, state, step, writer)
         best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, state)
     writer.close()
     summary["eval"] = eval_results
@@ -300,7 +313,22 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     return summary
 
 
-def _compile_all(steps: dict, positions: list, loader: jdata.DataLoader, mesh, state) -> None:
+def _compact_vocab(config: dict, run: Run, state: dict, mesh, sharding) -> CompactVocab | None:
+    """The word-embedding rows to train (:mod:`jaxsbert.training.compact_vocab`), or None for the whole table."""
+    if not config["compact_vocab"]:
+        return None
+    blocked = compaction_blocked(config["optim"])
+    if blocked:
+        log.info("training the whole word-embedding table (compact_vocab does not apply: %s)", blocked)
+        return None
+    vocab = CompactVocab.plan(run.loader.token_ids(), state, mesh, sharding)
+    if vocab:
+        log.info("training %d of the word-embedding table's %d rows: the tokens of the training data "
+                 "(compact_vocab)", vocab.size, vocab.vocab_size)
+    return vocab
+
+
+def _compile_all(steps: dict, positions: list, loader: jdata.DataLoader, to_device, state) -> None:
     """Compiles the train step for the batch at each position. XLA compiles in threads (it releases the
     GIL), so one program compiles while the next is traced and lowered, and several compile at once on
     several cores (two MiniLM programs on 2 cores: ~15 s one after the other, ~12 s this way)."""
@@ -310,7 +338,7 @@ def _compile_all(steps: dict, positions: list, loader: jdata.DataLoader, mesh, s
         futures = []
         for pos in positions:
             item = loader.batch_at(pos)
-            futures.append(pool.submit(steps[item.dataset].lower(state, pmesh.global_batch(mesh, item.batch)).compile))
+            futures.append(pool.submit(steps[item.dataset].lower(state, to_device(item.batch)).compile))
         for future in futures:
             future.result()
 

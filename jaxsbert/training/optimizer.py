@@ -48,16 +48,21 @@ def decay_mask(params: Any) -> Any:
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
-    """``optax.clip_by_global_norm`` (same arithmetic, same empty state) that takes the gradients' global norm
-    as ``tx.update(..., global_norm=norm)`` when the caller has it: the train step computes it for its
-    finiteness test, and a second pass over every gradient costs ~5 ms of a MiniLM CoSENT B=16 step on 2 CPU
-    cores. Pass it only when the updates are the gradients themselves (not under ``optax.MultiSteps``)."""
+    """Gradient clipping as sentence-transformers' trainer does it (``torch.nn.utils.clip_grad_norm_``):
+    every gradient times ``min(1, max_norm / (norm + 1e-6))``, ``norm`` the global L2 norm; the state is
+    optax's ``clip_by_global_norm``'s (empty). Multiplying by one scalar, rather than optax's
+    ``(g / norm) * max_norm``, lets XLA fuse the scaling into the optimizer's passes instead of writing the
+    clipped gradients out first (a division is not duplicated into its consumers): ~3% of a MiniLM
+    CoSENT B=16 step on 2 CPU cores, where the clipping fires on every step.
+
+    The train step passes the norm it computed for its finiteness test (``tx.update(..., global_norm=norm)``)
+    instead of a second pass over every gradient. Pass it only when the updates are the gradients
+    themselves (not under ``optax.MultiSteps``)."""
     def update(updates, state, params=None, *, global_norm=None, **extra_args):
         del params, extra_args
         norm = optax.tree.norm(updates) if global_norm is None else global_norm
-        trigger = jnp.squeeze(norm < max_norm)
-        return jax.tree_util.tree_map(lambda t: jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm),
-                                      updates), state
+        coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+        return jax.tree_util.tree_map(lambda t: t * coef.astype(t.dtype), updates), state
     return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
 
 
