@@ -222,11 +222,15 @@ def test_resume_continues_exactly(tiny_model, tmp_path):
     assert [m["step"] for m in metrics if m["kind"] == "train"][-1] == 12
 
 
-def _leaves_equal(a, b):
+def _leaves_equal(a, b, atol=0.0):
+    """Same tree paths, and every leaf equal (to within ``atol`` when given)."""
     flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
     assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
     for (path, x), (_, y) in zip(flat_a, flat_b):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+        if atol:
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
+        else:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
 def _recording_compaction(monkeypatch):
@@ -241,13 +245,6 @@ def _recording_compaction(monkeypatch):
         return vocab
     monkeypatch.setattr(loop, "_compact_vocab", recording)
     return sizes
-
-
-def _leaves_close(a, b, atol):
-    flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
-    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
-    for (path, x), (_, y) in zip(flat_a, flat_b):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("optim", [{"name": "adamw", "weight_decay": 0.0, "max_grad_norm": None},
@@ -269,8 +266,8 @@ def test_compact_vocab_trains_what_the_whole_table_trains(tiny_model, tmp_path, 
         _leaves_equal(compact["state"], whole["state"])
         _leaves_equal(_params(str(tmp_path / "compact")), _params(str(tmp_path / "whole")))
     else:
-        _leaves_close(compact["state"]["params"], whole["state"]["params"], atol=1e-6)
-        _leaves_close(_params(str(tmp_path / "compact"))["params"], _params(str(tmp_path / "whole"))["params"], atol=1e-6)
+        _leaves_equal(compact["state"]["params"], whole["state"]["params"], atol=1e-6)
+        _leaves_equal(_params(str(tmp_path / "compact"))["params"], _params(str(tmp_path / "whole"))["params"], atol=1e-6)
     start = SentenceEncoder.from_pretrained(tiny_model).params["transformer"]["embeddings"]["word_embeddings"]
     saved = SentenceEncoder.from_pretrained(compact["model"]).params["transformer"]["embeddings"]["word_embeddings"]
     changed = np.flatnonzero(np.any(np.asarray(saved["embedding"]) != np.asarray(start["embedding"]), axis=1))

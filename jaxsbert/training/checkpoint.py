@@ -38,7 +38,7 @@ class CorruptCheckpointError(RuntimeError):
     """A checkpoint that cannot be read back, or whose arrays do not match their saved checksums."""
 
 
-def _key_name(entry) -> str:
+def key_name(entry) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(entry, attr):
             return str(getattr(entry, attr))
@@ -49,7 +49,7 @@ def _flat(tree: Any) -> dict[str, Any]:
     """``{"params.transformer.embeddings....": leaf}``; the same names whether containers are dicts, lists or
     named tuples (an Orbax checkpoint read without a target has plain dicts and lists)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {".".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+    return {".".join(key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
 def _leaf_digest(x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsbert.parallel import mesh as pmesh
+from jaxsbert.training.checkpoint import key_name
 
 TABLE = ("params", "transformer", "embeddings", "word_embeddings", "embedding")   # path tail in the state
 ROW_MULTIPLE = 128     # the compact table is padded with unused rows to a multiple of this (sharding splits it)
@@ -42,7 +43,7 @@ def why_not(optim: dict) -> str | None:
 
 
 def _keys(path) -> tuple:
-    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
+    return tuple(key_name(k) for k in path)
 
 
 def _is_table(path) -> bool:
