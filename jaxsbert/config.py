@@ -30,7 +30,9 @@ DEFAULTS: dict[str, Any] = {
         # pack several sentences per row (jaxsbert.data.packing): "auto" (every loss that does not
         # embed in chunks), True, False, or {dataset name: bool}
         "packing": "auto",
-        "pack_length": 128,          # tokens per packed row (longer if a sentence is longer)
+        # tokens per packed row: "auto" (as few as the data's sentences allow, up to 128, chosen by the
+        # estimated step cost: jaxsbert.data.pack_shapes), or a number (longer if a sentence is longer)
+        "pack_length": "auto",
         "max_segments": 32,          # sentences per packed row at most
     },
     # loss spec, or name -> loss spec with the same names as data.train
@@ -159,7 +161,7 @@ def load_config_file(path_or_name: str) -> dict:
 
 # keys that take more than the type of their default
 _ALSO_ACCEPTED: dict[str, tuple[type, ...]] = {"data.batch_sampler": (dict,), "data.packing": (bool, dict),
-                                               "compilation_cache": (bool,)}
+                                               "data.pack_length": (int,), "compilation_cache": (bool,)}
 _CHOICES: dict[str, tuple[str, ...]] = {"nonfinite": ("skip", "stop"), "compute_dtype": ("float32", "bfloat16")}
 
 

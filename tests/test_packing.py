@@ -118,22 +118,78 @@ def test_packed_loader_batches_hold_each_row_sentences(process_count):
                 assert decode(int(merged["slots"][b, c])) == list(expected)
 
 
-def test_row_buckets():
-    from jaxsbert.data.loader import row_buckets
+def _brute_force_counts(needs, length, steps, multiple=1):
+    """Every set of at most MAX_PROGRAMS counts out of the rounded needs that holds the largest, each batch
+    on the fewest rows that hold it: the cheapest (fewest counts on a tie) and its cost, batch by batch."""
+    import itertools
+    from jaxsbert.data.pack_shapes import MAX_PROGRAMS, PROGRAM_COST, row_cost
 
-    assert row_buckets([4] * 80 + [5] * 20) == (4, 5)                  # median 4, 90th percentile and max 5
-    assert row_buckets([15] * 60 + [16] * 31 + [17] * 6 + [18] * 3) == (15, 16, 18)
-    assert row_buckets([4] * 80 + [5] * 20, multiple=4) == (4, 8)
-    assert row_buckets([3]) == (3,)
+    rounded = [-(-n // multiple) * multiple for n in needs]
+    values = sorted(set(rounded))
+    best = None
+    for k in range(1, MAX_PROGRAMS + 1):
+        for counts in itertools.combinations(values, k):
+            if counts[-1] != values[-1]:
+                continue
+            rows = sum(float(row_cost(min(c for c in counts if c >= n), length)) for n in rounded)
+            cost = rows * steps / len(needs) + k * PROGRAM_COST
+            if best is None or cost < best[1] - 1e-9 * cost:
+                best = (counts, cost)
+    return best
+
+
+def test_row_counts_weigh_the_steps_against_compiling_one_more_program():
+    from jaxsbert.data.pack_shapes import PROGRAM_COST, choose_row_counts, row_cost
+
+    needs = [4] * 300 + [5] * 60          # STSb B=16 at 128-token rows, about
+    counts, cost = choose_row_counts(needs, 128, steps=360)
+    assert counts == (4, 5)                # 300 batches a row cheaper pay for a second program ...
+    assert cost == pytest.approx(float(300 * row_cost(4, 128) + 60 * row_cost(5, 128)) + 2 * PROGRAM_COST)
+    assert choose_row_counts(needs, 128, steps=36)[0] == (5,)     # ... 30 of them do not
+    assert choose_row_counts([4] * 80 + [5] * 20, 128, steps=1000, multiple=4)[0] == (4, 8)
+    assert choose_row_counts([3], 64, steps=10)[0] == (3,)
+    assert choose_row_counts([7] * 50, 72, steps=10 ** 6)[0] == (7,)
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        needs = list(rng.integers(2, 14, size=int(rng.integers(1, 60))))
+        length, steps, multiple = int(rng.choice([64, 72, 128])), int(rng.choice([30, 360, 5000])), int(rng.choice([1, 2]))
+        counts, cost = choose_row_counts(needs, length, steps, multiple)
+        expected = _brute_force_counts(needs, length, steps, multiple)
+        assert counts == expected[0] and cost == pytest.approx(expected[1]), (needs, length, steps, multiple)
+        assert len(counts) <= 3 and counts[-1] == -(-max(needs) // multiple) * multiple
     with pytest.raises(ValueError, match="at least one batch"):
-        row_buckets([])
+        choose_row_counts([], 128, steps=10)
 
 
-def test_packed_loader_pads_each_batch_to_the_fewest_rows_that_hold_it():
+def test_pack_shape_prefers_short_rows_when_they_hold_the_sentences_as_tightly():
+    from jaxsbert.data.pack_shapes import auto_lengths, choose_pack_shape
+
+    assert auto_lengths(70, 8) == [72, 80, 88, 96, 104, 112, 120, 128]
+    assert auto_lengths(125, 8) == [128] and auto_lengths(70, 128) == [128] and auto_lengths(100, 48) == [128]
+    assert auto_lengths(20, 48) == [48, 96, 128]
+    with pytest.raises(ValueError, match="1..128"):
+        auto_lengths(129, 8)
+    from jaxsbert.data.packing import rows_needed
+
+    rng = np.random.default_rng(1)
+    short = [list(rng.integers(6, 30, size=32)) for _ in range(100)]        # sentences of 6..29 tokens
+    needs = lambda batches: (lambda n: [rows_needed(b, n, 32) for b in batches])
+    # the same token slots either way, and attention costs less on short rows
+    assert choose_pack_shape([64, 128], needs(short), steps=100)[0] == 64
+    # 33-token sentences: rows of 64 hold one each (half empty), rows of 128 hold three
+    wasteful = [[33] * 32 for _ in range(100)]
+    length, counts = choose_pack_shape([64, 128], needs(wasteful), steps=100)
+    assert (length, counts) == (128, (11,))
+
+
+def test_packed_loader_pads_each_batch_to_the_fewest_rows_that_hold_it(monkeypatch):
     """A batch gets the smallest of the dataset's row counts that holds it, so the usual batch computes
-    no padding rows that only the largest batch needs; the counts are few (few programs)."""
+    no padding rows that only the largest batch needs; the counts are few (few programs). (Programs are
+    made free here: this epoch of 17 steps would not pay for compiling a second one.)"""
     from test_data import WordTokenizer, pairs
-    from jaxsbert.data import DataLoader
+    from jaxsbert.data import DataLoader, pack_shapes
+
+    monkeypatch.setattr(pack_shapes, "PROGRAM_COST", 0.0)
     from jaxsbert.data.batching import batch_sentences
     from jaxsbert.data.packing import rows_needed
 
@@ -151,11 +207,13 @@ def test_packed_loader_pads_each_batch_to_the_fewest_rows_that_hold_it():
 
 
 @pytest.mark.parametrize("packing", [True, False])
-def test_shape_positions_name_one_batch_per_program(packing):
+def test_shape_positions_name_one_batch_per_program(packing, monkeypatch):
     """The loader names one batch of each shape of the first epoch, which the trainer compiles before its
     first step: packed, one per row count; unpacked, one per length bucket."""
     from test_data import WordTokenizer, pairs
-    from jaxsbert.data import DataLoader
+    from jaxsbert.data import DataLoader, pack_shapes
+
+    monkeypatch.setattr(pack_shapes, "PROGRAM_COST", 0.0)     # several row counts for this short epoch
 
     ds, tok = pairs(200, max_words=30), WordTokenizer()
     ld = DataLoader(ds, tok, batch_size=12 if packing else 3, seed=3, packing=packing, pack_length=64,
@@ -164,3 +222,32 @@ def test_shape_positions_name_one_batch_per_program(packing):
     every = {shape(ld.batch_at((0, i)).batch) for i in range(ld.steps_per_epoch(0))}
     named = [shape(ld.batch_at(p).batch) for p in ld.shape_positions(0)]
     assert sorted(named) == sorted(every) and len(every) >= 2
+
+
+def test_packed_row_length_auto_or_fixed():
+    """``pack_length="auto"`` gives rows a multiple of 8 that hold the longest sentence, at most 128 tokens
+    (the cost model's pick); an int gives exactly that length (longer only for a longer sentence); past
+    128 tokens auto rows take the longest sentence's bucket; other values are an error before any batch."""
+    from test_data import WordTokenizer, pairs
+    from jaxsbert.data import DataLoader
+    from jaxsbert.data.pack_shapes import auto_lengths, choose_pack_shape
+
+    ds, tok = pairs(300, max_words=20), WordTokenizer()
+    auto = DataLoader(ds, tok, batch_size=16, seed=3, packing=True)
+    longest = max(int(c.lengths.max()) for c in auto.data["train"].inputs)
+    rows, length = auto.pack_shapes["train"]
+    assert length % 8 == 0 and longest <= length <= 128
+    sample = [r for _, r in auto.plan(0)]
+    assert (length, auto.pack_rows["train"]) == choose_pack_shape(
+        auto_lengths(longest, 8), lambda n: [auto._rows_needed("train", r, n) for r in sample], len(sample))
+    assert {auto.batch_at((0, i)).batch["features"]["input_ids"].shape[1] for i in range(len(sample))} == {length}
+
+    assert DataLoader(ds, tok, batch_size=16, seed=3, packing=True, pack_length=100).pack_shapes["train"][1] == 100
+    assert DataLoader(ds, tok, batch_size=16, seed=3, packing=True, pack_length=8).pack_shapes["train"][1] == 32
+    assert DataLoader(ds, tok, batch_size=16, seed=3, packing=True,
+                      row_length_step=128).pack_shapes["train"][1] == 128          # TPU: lane-sized rows
+    long_ds, long_tok = pairs(40, max_words=200), WordTokenizer(max_seq_length=256)
+    assert DataLoader(long_ds, long_tok, batch_size=8, seed=3, packing=True).pack_shapes["train"][1] == 256
+    for bad in ("long", 0, True, 2.5):
+        with pytest.raises(ValueError, match="pack_length must be 'auto' or a positive number of tokens"):
+            DataLoader(ds, tok, batch_size=16, seed=3, packing=True, pack_length=bad)

@@ -17,7 +17,8 @@ import numpy as np
 
 from jaxsbert.data.batching import batch_length, batch_sentences, make_batch, make_packed_batch, process_rows
 from jaxsbert.data.buckets import bucket_for, length_buckets
-from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, DEFAULT_ROW_LENGTH, rows_needed
+from jaxsbert.data.pack_shapes import AUTO_MAX_LENGTH, auto_lengths, choose_pack_shape
+from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, rows_needed
 from jaxsbert.data.columns import validate_dataset
 from jaxsbert.data.loading import dataset_source
 from jaxsbert.data.samplers import (BATCH_SAMPLERS, MULTI_DATASET_SAMPLERS, dataset_schedule,
@@ -53,18 +54,7 @@ class LoaderBatch:
     next_position: Position      # where to resume after this batch has been trained on
 
 
-SHAPE_SAMPLE = 256   # batches per dataset from which the row counts and the programs to compile are read
-
-
-def row_buckets(needs: Sequence[int], multiple: int = 1) -> tuple[int, ...]:
-    """The packed-row counts for batches that need ``needs`` rows: the median, the 90th percentile and
-    the largest need, each rounded up to a multiple of ``multiple`` (so at most three programs; the
-    median batch computes no more rows than it needs, instead of as many as the largest one)."""
-    if not len(needs):
-        raise ValueError("row_buckets needs at least one batch")
-    multiple = max(int(multiple), 1)
-    points = np.percentile(np.asarray(needs), [50, 90, 100], method="higher")
-    return tuple(sorted({int(-(-int(p) // multiple) * multiple) for p in points}))
+SHAPE_SAMPLE = 256   # batches per dataset from which the packed shapes and the programs to compile are read
 
 
 class DataLoader:
@@ -84,11 +74,14 @@ class DataLoader:
       prefetch: batches built ahead in a background thread (0: none).
       use_map_cache: tokenize through ``datasets.map`` (on-disk cache) instead of in memory.
       packing: pack the sentences of each batch into rows (:mod:`jaxsbert.data.packing`); a bool, or
-        ``{name: bool}``. Packed rows have ``max(pack_length, longest sentence's bucket)`` tokens and
-        at most ``max_segments`` sentences. A batch gets the fewest rows that hold it out of up to
-        three counts per dataset (:func:`row_buckets` of the first epoch's first ``SHAPE_SAMPLE`` batches:
-        multiples of ``row_multiple``), so a few programs serve every batch; one that needs more than
-        the largest count gets more rows (and a program of its own).
+        ``{name: bool}``. Packed rows hold at most ``max_segments`` sentences and, per dataset, one row
+        length: with ``pack_length="auto"``, the multiple of ``row_length_step`` from the longest
+        sentence up to 128 tokens that :mod:`jaxsbert.data.pack_shapes` estimates cheapest (or the
+        longest sentence's length bucket, past 128); with an int, ``max(pack_length, longest sentence's
+        bucket)``. A batch gets the fewest rows that hold it out of up to three counts per dataset
+        (multiples of ``row_multiple``, chosen from the first epoch's first ``SHAPE_SAMPLE`` batches
+        against the cost of compiling one more program), so a few programs serve every batch; one that
+        needs more than the largest count gets more rows (and a program of its own).
     """
 
     def __init__(self, datasets_: datasets.Dataset | Mapping[str, datasets.Dataset], tokenizer, batch_size: int, *,
@@ -97,8 +90,8 @@ class DataLoader:
                  max_seq_length: int | None = None, buckets: Sequence[int] | None = None,
                  process_index: int = 0, process_count: int = 1, prefetch: int = 0,
                  use_map_cache: bool = False, packing: bool | Mapping[str, bool] = False,
-                 pack_length: int = DEFAULT_ROW_LENGTH, max_segments: int = DEFAULT_MAX_SEGMENTS,
-                 row_multiple: int = 1):
+                 pack_length: int | str | None = "auto", max_segments: int = DEFAULT_MAX_SEGMENTS,
+                 row_multiple: int = 1, row_length_step: int = 8):
         named = {"train": datasets_} if isinstance(datasets_, datasets.Dataset) else dict(datasets_)
         if not named:
             raise ValueError("no training dataset given")
@@ -149,6 +142,10 @@ class DataLoader:
             raise ValueError(f"an epoch has no batches (dataset sizes {sizes}, batch_size {batch_size}, "
                              f"drop_last={drop_last})")
         packed = dict(packing) if isinstance(packing, Mapping) else {n: bool(packing) for n in named}
+        pack_length = "auto" if pack_length is None else pack_length
+        if pack_length != "auto" and (isinstance(pack_length, bool) or not isinstance(pack_length, int)
+                                      or pack_length < 1):
+            raise ValueError(f"pack_length must be 'auto' or a positive number of tokens, got {pack_length!r}")
         self.max_segments = int(max_segments)
         self.row_multiple = max(int(row_multiple), 1)
         self.pack_shapes: dict[str, tuple[int, int]] = {}    # name -> (most rows per process, row length)
@@ -156,11 +153,18 @@ class DataLoader:
         for name in self.names:
             if packed.get(name):
                 longest = max(int(c.lengths.max()) for c in self.data[name].inputs)
-                length = max(int(pack_length), bucket_for(longest, self.buckets))
-                sample = [rows for n, rows in self.plan(0) if n == name][:SHAPE_SAMPLE]
-                self.pack_rows[name] = row_buckets([self._rows_needed(name, rows, length) for rows in sample],
-                                                   self.row_multiple)
-                self.pack_shapes[name] = (self.pack_rows[name][-1], length)
+                if pack_length == "auto" and longest <= AUTO_MAX_LENGTH:
+                    lengths = auto_lengths(longest, max(int(row_length_step), 1))
+                else:
+                    fixed = AUTO_MAX_LENGTH if pack_length == "auto" else pack_length
+                    lengths = [max(fixed, bucket_for(longest, self.buckets))]
+                plan = [rows for n, rows in self.plan(0) if n == name]
+                sample = plan[:SHAPE_SAMPLE]
+                length, counts = choose_pack_shape(
+                    lengths, lambda n: [self._rows_needed(name, rows, n) for rows in sample], len(plan),
+                    self.row_multiple)
+                self.pack_rows[name] = counts
+                self.pack_shapes[name] = (counts[-1], length)
 
     # ------------------------------------------------------------------ the plan of an epoch
 

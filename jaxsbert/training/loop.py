@@ -94,8 +94,9 @@ def prepare(config: dict) -> Run:
                               multi_dataset_sampler=data_cfg["multi_dataset_sampler"],
                               drop_last=bool(data_cfg["drop_last"]), seed=int(config["seed"]),
                               process_index=jax.process_index(), process_count=jax.process_count(), prefetch=2,
-                              packing=_packing(data_cfg["packing"], losses), pack_length=int(data_cfg["pack_length"]),
-                              max_segments=int(data_cfg["max_segments"]), row_multiple=jax.local_device_count())
+                              packing=_packing(data_cfg["packing"], losses), pack_length=data_cfg["pack_length"],
+                              max_segments=int(data_cfg["max_segments"]), row_multiple=jax.local_device_count(),
+                              row_length_step=128 if jax.default_backend() == "tpu" else 8)
     total = int(config["max_steps"]) if int(config["max_steps"]) > 0 else loader.total_steps(int(config["epochs"]))
     evaluators = {name: tevals.build_evaluator(name, spec, data_root=data_cfg.get("data_root"), losses=losses)
                   for name, spec in data_cfg["eval"].items()}
