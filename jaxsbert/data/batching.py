@@ -34,7 +34,7 @@ def process_rows(batch_size: int, process_index: int = 0, process_count: int = 1
 def batch_length(data: TokenizedDataset, rows: Sequence[int], buckets: Sequence[int]) -> int:
     """The length bucket of the longest sequence of ``rows`` across all input columns."""
     rows = np.asarray(rows, dtype=np.int64)
-    longest = max((int(c.lengths[rows].max()) for c in data.inputs), default=1) if len(rows) else 1
+    longest = max((int(c.lengths_of(rows).max()) for c in data.inputs), default=1) if len(rows) else 1
     if longest > buckets[-1]:
         raise ValueError(f"a sequence of {longest} tokens exceeds the largest length bucket {buckets[-1]} "
                          f"(the tokenizer must truncate at max_seq_length)")

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 import datasets
 import numpy as np
 
-from jaxsbert.data.batching import batch_length, batch_sentences, make_batch, make_packed_batch, process_rows
+from jaxsbert.data.batching import batch_length, make_batch, make_packed_batch, process_rows
 from jaxsbert.data.buckets import bucket_for, length_buckets
 from jaxsbert.data.pack_shapes import AUTO_MAX_LENGTH, auto_lengths, choose_pack_shape
 from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, rows_needed
@@ -90,7 +90,7 @@ class DataLoader:
                  max_seq_length: int | None = None, buckets: Sequence[int] | None = None,
                  process_index: int = 0, process_count: int = 1, prefetch: int = 0,
                  use_map_cache: bool = False, packing: bool | Mapping[str, bool] = False,
-                 pack_length: int | str | None = "auto", max_segments: int = DEFAULT_MAX_SEGMENTS,
+                 pack_length: int | str = "auto", max_segments: int = DEFAULT_MAX_SEGMENTS,
                  row_multiple: int = 1, row_length_step: int = 8):
         named = {"train": datasets_} if isinstance(datasets_, datasets.Dataset) else dict(datasets_)
         if not named:
@@ -142,7 +142,6 @@ class DataLoader:
             raise ValueError(f"an epoch has no batches (dataset sizes {sizes}, batch_size {batch_size}, "
                              f"drop_last={drop_last})")
         packed = dict(packing) if isinstance(packing, Mapping) else {n: bool(packing) for n in named}
-        pack_length = "auto" if pack_length is None else pack_length
         if pack_length != "auto" and (isinstance(pack_length, bool) or not isinstance(pack_length, int)
                                       or pack_length < 1):
             raise ValueError(f"pack_length must be 'auto' or a positive number of tokens, got {pack_length!r}")
@@ -213,9 +212,10 @@ class DataLoader:
 
     def _rows_needed(self, name: str, rows: np.ndarray, length: int) -> int:
         """Packed rows of ``length`` tokens that the largest process share of the global batch ``rows`` needs."""
-        data, size = self.data[name], self.batch_size // self.process_count
-        return max(rows_needed([len(t) for t in batch_sentences(data, rows[p * size:(p + 1) * size])],
-                               length, self.max_segments) for p in range(self.process_count))
+        size = self.batch_size // self.process_count
+        lengths = np.stack([c.lengths_of(rows) for c in self.data[name].inputs], axis=1)   # [rows, columns]
+        return max(rows_needed(lengths[p * size:(p + 1) * size].ravel(), length, self.max_segments)
+                   for p in range(self.process_count))
 
     def _packed_rows(self, name: str, rows: np.ndarray) -> int:
         """Packed rows per process for the global batch ``rows``: the smallest of the dataset's row counts

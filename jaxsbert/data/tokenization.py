@@ -70,6 +70,11 @@ class TokenizedColumn:
     def lengths(self) -> np.ndarray:
         return self.unique.lengths[self.codes]
 
+    def lengths_of(self, rows: np.ndarray) -> np.ndarray:
+        """Token counts of ``rows`` (``lengths[rows]`` without building the whole column's lengths)."""
+        codes = self.codes[rows]
+        return self.unique.offsets[codes + 1] - self.unique.offsets[codes]
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedDataset:
