@@ -41,7 +41,8 @@ class StandInModel(torch.nn.Module):
     def get_embedding_dimension(self):
         return self.dim
 
-    get_sentence_embedding_dimension = get_embedding_dimension
+    get_sentence_embedding_dimension = get_embedding_dimension     # older sentence-transformers
+    _get_untruncated_embedding_dimension = get_embedding_dimension  # MatryoshkaLoss, sentence-transformers >= 6.3
 
     @property
     def device(self):
