@@ -51,6 +51,7 @@ def cmd_train(args) -> None:
     from jaxsbert.config import ConfigError, build_config
     from jaxsbert.training.loop import train
 
+    from jaxsbert.data.sources import BadRowError
     from jaxsbert.training.checkpoint import CheckpointMismatchError
     from jaxsbert.training.preemption import WorkdirLockedError
 
@@ -60,7 +61,7 @@ def cmd_train(args) -> None:
         raise SystemExit(f"error: {e}")
     try:
         result = train(config, args.workdir, resume=args.resume)
-    except (WorkdirLockedError, CheckpointMismatchError, FileExistsError, FloatingPointError) as e:
+    except (WorkdirLockedError, CheckpointMismatchError, FileExistsError, FloatingPointError, BadRowError) as e:
         raise SystemExit(f"error: {e}")
     print(json.dumps({k: v for k, v in result.items() if k != "state"}, indent=2, default=str))
     if result.get("stopped"):

@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
         "train": {},
         "eval": {},                  # name -> evaluator spec (see jaxsbert.training.evaluators)
         "multi_dataset_sampler": "proportional",   # or "round_robin"
-        "batch_sampler": "batch_sampler",          # or "no_duplicates"
+        "batch_sampler": "batch_sampler",          # or "no_duplicates", "group_by_label"
         "drop_last": False,
         "data_root": None,           # where named datasets (stsb, sick) live; None: ../shared/data
         # pack several sentences per row (jaxsbert.data.packing): "auto" (every loss that does not
@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
         # estimated step cost: jaxsbert.data.pack_shapes), or a number (longer if a sentence is longer)
         "pack_length": "auto",
         "max_segments": 32,          # sentences per packed row at most
+        # a row that cannot be trained on (bad JSON, a missing column, an empty text), met when read:
+        # "error" (one line naming file and line, after the last good step's checkpoint) or "skip" (counted)
+        "on_bad_row": "error",
     },
     # loss spec, or name -> loss spec with the same names as data.train
     "loss": {"name": "MultipleNegativesRankingLoss"},

@@ -8,7 +8,7 @@ import pytest
 
 from jaxsbert import data
 from jaxsbert.data import DataLoader, Position, load_dataset, validate_dataset
-from jaxsbert.data.samplers import no_duplicate_batches, text_keys
+from jaxsbert.data.samplers import NoDuplicateBatches, stream_id
 
 
 class WordTokenizer:
@@ -249,13 +249,25 @@ def test_no_duplicates():
         row_texts = [{anchors[r], positives[r]} for r in rows]
         assert sum(len(s) for s in row_texts) == len(set(texts)), "a text repeats within a batch"
         rows_seen.extend(rows.tolist())
-    assert sorted(rows_seen) == list(range(200))           # nothing lost without drop_last
-    keys = text_keys([anchors, positives])
-    as_lists = lambda batches: [b.tolist() for b in batches]
-    assert as_lists(no_duplicate_batches(keys, 16, 1, 0)) == as_lists(no_duplicate_batches(keys, 16, 1, 0))
-    assert as_lists(no_duplicate_batches(keys, 16, 1, 0)) != as_lists(no_duplicate_batches(keys, 16, 1, 1))
-    dropped = no_duplicate_batches(keys, 16, seed=1, epoch=0, drop_last=True)
-    assert all(len(b) == 16 for b in dropped)
+    # ceil(200 / 16) batches, as sentence-transformers' sampler reports; no row twice; rows still
+    # deferred at the end of the epoch are left out and counted
+    order = loader.orders["train"]
+    assert loader.steps_per_epoch(0) == 13
+    assert len(set(rows_seen)) == len(rows_seen)
+    assert len(rows_seen) + order.left_out[0] == 200 and order.left_out[0] < 16
+    texts = lambda rows: [[anchors[r] for r in rows], [positives[r] for r in rows]]
+    stream = stream_id("train")
+
+    def batches(epoch, **kw):
+        order = NoDuplicateBatches(200, 16, 1, texts, stream=stream, **kw)
+        return [order.rows(epoch, k).tolist() for k in range(order.count(epoch))]
+    assert batches(0) == batches(0) != batches(1)
+    assert batches(0) == [r.tolist() for _, r in loader.plan(0)]
+    # random access (a resume) replays from the nearest kept state and gives the same batches
+    fresh = NoDuplicateBatches(200, 16, 1, texts, stream=stream)
+    assert [fresh.rows(0, k).tolist() for k in (7, 3, 12)] == [batches(0)[k] for k in (7, 3, 12)]
+    dropped = batches(0, drop_last=True)
+    assert len(dropped) == 12
     # plain sampling of the same data does repeat texts
     plain = DataLoader(ds, WordTokenizer(), batch_size=16, seed=1)
     assert any(len({anchors[r] for r in rows}) < len(rows) for _, rows in plain.plan(0))

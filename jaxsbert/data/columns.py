@@ -80,6 +80,9 @@ def _check_text(dataset: datasets.Dataset, name: str, where: str) -> None:
         i = _first(pc.is_null(col))
         if i is not None:
             raise ValueError(f"{where}: column {name!r}, row {i}: None, expected a string")
+        i = _first(pc.equal(pc.utf8_trim_whitespace(col), ""))
+        if i is not None:
+            raise ValueError(f"{where}: column {name!r}, row {i}: an empty text")
         return
     if pa.types.is_null(col.type):
         raise ValueError(f"{where}: column {name!r}, row 0: None, expected a string (the column is all None)")

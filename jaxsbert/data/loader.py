@@ -1,8 +1,21 @@
-"""The training data loader: datasets + tokenizer -> an endless, resumable stream of static-shape batches.
+"""The training input pipeline: source -> order -> tokenize -> pack -> shard -> prefetch.
 
-Every epoch's plan (which dataset and rows each step takes) is a pure function of (seed, epoch), so all
-hosts compute the same global batches and a run resumed at a :class:`Position` yields exactly the batches
-it had not yet consumed. Each process builds only its own slice of the rows of each global batch.
+- source (:mod:`jaxsbert.data.sources`): random access to rows, nothing loaded up front.
+- order (:mod:`jaxsbert.data.samplers`): the global rows of batch ``k`` of epoch ``e`` from (seed, epoch).
+- tokenize: per batch, in the prefetch thread, only this process's rows. A small in-memory or
+  memory-mapped dataset (an Arrow source of at most ``EAGER_ROWS`` rows: STSb, SICK) is instead
+  tokenized whole once (distinct texts only), which is quicker for it and gives the whole token set
+  (``token_ids``, for compact_vocab) and its exact longest sentence.
+- pack (:mod:`jaxsbert.data.packing`, :mod:`jaxsbert.data.pack_shapes`): one row length and a few row
+  counts per dataset, from a sample of the first batches; a batch that needs more rows, or holds a
+  sentence longer than the rows, gets the dataset's one fallback shape (rows for every sentence, of
+  the largest length bucket), so a run compiles at most ``MAX_PROGRAMS`` programs per dataset.
+- shard: each process reads and builds only its contiguous slice of each global batch; the shape
+  of a batch (its length bucket or packed row count) is the largest any process needs, agreed by
+  ``agree`` (an element-wise max over processes) in the consuming thread.
+- prefetch: ``prefetch`` batches built ahead in a background thread.
+
+A run resumed at a :class:`Position` yields exactly the batches it had not yet consumed.
 """
 from __future__ import annotations
 
@@ -10,20 +23,26 @@ import dataclasses
 import logging
 import queue
 import threading
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import datasets
 import numpy as np
 
-from jaxsbert.data.batching import batch_length, make_batch, make_packed_batch, process_rows
+from jaxsbert.data import batching
 from jaxsbert.data.buckets import bucket_for, length_buckets
-from jaxsbert.data.pack_shapes import AUTO_MAX_LENGTH, auto_lengths, choose_pack_shape
-from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, rows_needed
 from jaxsbert.data.columns import validate_dataset
-from jaxsbert.data.loading import dataset_source
-from jaxsbert.data.samplers import (BATCH_SAMPLERS, MULTI_DATASET_SAMPLERS, dataset_schedule,
-                                    no_duplicate_batches, shuffled_batches, stream_id, text_keys)
+from jaxsbert.data.pack_shapes import AUTO_MAX_LENGTH, MAX_PROGRAMS, auto_lengths, choose_pack_shape
+from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, rows_needed
+from jaxsbert.data.samplers import (BATCH_SAMPLERS, MULTI_DATASET_SAMPLERS, GroupByLabelBatches, NoDuplicateBatches,
+                                    PlainBatches, dataset_schedule, stream_id)
+from jaxsbert.data.sources import ArrowSource, BadRowError, RowSource
 from jaxsbert.data.tokenization import TokenizedDataset, tokenize_dataset
+
+log = logging.getLogger("jaxsbert")
+
+EAGER_ROWS = 32768       # an Arrow source up to this many rows is tokenized whole, once
+SHAPE_SAMPLE = 256       # batches per dataset from which the packed shapes and the programs to compile are read
+SHAPE_SAMPLE_ROWS = 32768   # ... at most this many rows of them (large batches sample fewer batches)
 
 
 class Position(NamedTuple):
@@ -52,47 +71,65 @@ class LoaderBatch:
     batch: dict
     position: Position           # this batch
     next_position: Position      # where to resume after this batch has been trained on
+    skipped: int = 0             # this process's bad rows left out of the batch (on_bad_row="skip")
 
 
-SHAPE_SAMPLE = 256   # batches per dataset from which the packed shapes and the programs to compile are read
+@dataclasses.dataclass
+class _Local:
+    """This process's rows of one global batch, tokenized, before its shape is agreed."""
+    name: str
+    position: Position
+    tokens: list                 # [column][row] token ids
+    labels: np.ndarray | None
+    valid: np.ndarray            # [rows] False for skipped bad rows
+    need: int                    # packed rows (packed) or length bucket index (padded) this process needs
+    error: BaseException | None = None
+
+
+def local_agree(values: np.ndarray) -> np.ndarray:
+    """``agree`` for a single process: its own values."""
+    return np.asarray(values)
 
 
 class DataLoader:
     """Static-shape batches from one dataset or a dict of named datasets.
 
     Args:
-      datasets_: a ``datasets.Dataset`` (named ``"train"``) or ``{name: Dataset}`` (multi-dataset training).
+      datasets_: a ``datasets.Dataset`` or :class:`~jaxsbert.data.sources.RowSource` (named ``"train"``),
+        or ``{name: one of those}`` (multi-dataset training).
       tokenizer: callable ``list[str] -> list[list[int]]`` with ``pad_token_id`` (and ``max_seq_length``).
       batch_size: the global batch size B (all hosts, all devices).
-      batch_sampler: ``"batch_sampler"`` or ``"no_duplicates"``, or ``{name: one of those}``.
+      batch_sampler: one of ``BATCH_SAMPLERS``, or ``{name: one of those}``.
       multi_dataset_sampler: ``"proportional"`` or ``"round_robin"`` (ignored with one dataset).
       drop_last: drop each dataset's last partial batch instead of padding and masking it.
       seed: with the epoch number, fixes every shuffle.
       max_seq_length: the largest length bucket (default ``tokenizer.max_seq_length``).
       buckets: the length buckets (default ``length_buckets(max_seq_length)``).
       process_index, process_count: build only this process's contiguous rows of each global batch.
+      agree: ``values -> element-wise max of values over all processes`` (needed with several
+        processes when a dataset is tokenized per batch; called from the consuming thread only).
       prefetch: batches built ahead in a background thread (0: none).
-      use_map_cache: tokenize through ``datasets.map`` (on-disk cache) instead of in memory.
       packing: pack the sentences of each batch into rows (:mod:`jaxsbert.data.packing`); a bool, or
         ``{name: bool}``. Packed rows hold at most ``max_segments`` sentences and, per dataset, one row
         length: with ``pack_length="auto"``, the multiple of ``row_length_step`` from the longest
         sentence up to 128 tokens that :mod:`jaxsbert.data.pack_shapes` estimates cheapest (or the
         longest sentence's length bucket, past 128); with an int, ``max(pack_length, longest sentence's
-        bucket)``. A batch gets the fewest rows that hold it out of up to three counts per dataset
-        (multiples of ``row_multiple``, chosen from the first epoch's first ``SHAPE_SAMPLE`` batches
-        against the cost of compiling one more program), so a few programs serve every batch; one that
-        needs more than the largest count gets more rows (and a program of its own).
+        bucket)``. A batch gets the fewest rows that hold it out of a few counts per dataset (multiples
+        of ``row_multiple``, chosen from the first epoch's first batches against the cost of compiling
+        one more program); one that does not fit them gets the fallback shape.
+      eager_rows: Arrow sources up to this many rows are tokenized whole up front.
     """
 
-    def __init__(self, datasets_: datasets.Dataset | Mapping[str, datasets.Dataset], tokenizer, batch_size: int, *,
+    def __init__(self, datasets_: Any, tokenizer, batch_size: int, *,
                  batch_sampler: str | Mapping[str, str] = "batch_sampler",
                  multi_dataset_sampler: str = "proportional", drop_last: bool = False, seed: int = 0,
                  max_seq_length: int | None = None, buckets: Sequence[int] | None = None,
-                 process_index: int = 0, process_count: int = 1, prefetch: int = 0,
-                 use_map_cache: bool = False, packing: bool | Mapping[str, bool] = False,
+                 process_index: int = 0, process_count: int = 1, agree: Callable | None = None,
+                 prefetch: int = 0, packing: bool | Mapping[str, bool] = False,
                  pack_length: int | str = "auto", max_segments: int = DEFAULT_MAX_SEGMENTS,
-                 row_multiple: int = 1, row_length_step: int = 8):
-        named = {"train": datasets_} if isinstance(datasets_, datasets.Dataset) else dict(datasets_)
+                 row_multiple: int = 1, row_length_step: int = 8, eager_rows: int = EAGER_ROWS):
+        single = isinstance(datasets_, (datasets.Dataset, RowSource))
+        named = {"train": datasets_} if single else dict(datasets_)
         if not named:
             raise ValueError("no training dataset given")
         if batch_size < 1:
@@ -105,9 +142,11 @@ class DataLoader:
             s = samplers.setdefault(name, "batch_sampler")
             if s not in BATCH_SAMPLERS:
                 raise ValueError(f"dataset {name!r}: unknown batch_sampler {s!r}; choose from {BATCH_SAMPLERS}")
-        self.process_slice = process_rows(batch_size, process_index, process_count)
+        self.process_slice = batching.process_rows(batch_size, process_index, process_count)
         self.batch_size = batch_size
+        self.share = self.process_slice.stop - self.process_slice.start
         self.process_index, self.process_count = process_index, process_count
+        self.agree = agree or local_agree
         self.samplers = samplers
         self.multi_dataset_sampler = multi_dataset_sampler
         self.drop_last = drop_last
@@ -123,22 +162,29 @@ class DataLoader:
         self.prefetch = prefetch
 
         self.names = tuple(named)
-        self.data: dict[str, TokenizedDataset] = {}
-        self._keys: dict[str, list] = {}
+        self.sources: dict[str, RowSource] = {}
+        self.data: dict[str, TokenizedDataset] = {}      # the datasets tokenized whole (small Arrow sources)
+        self.orders: dict[str, Any] = {}
         for name, ds in named.items():
-            columns = validate_dataset(ds, name=name)
-            if drop_last and len(ds) < batch_size:
-                raise ValueError(f"dataset {name!r} ({dataset_source(ds)}) has {len(ds)} rows, fewer than the batch "
+            source = ArrowSource(ds) if isinstance(ds, datasets.Dataset) else ds
+            if isinstance(source, ArrowSource):
+                validate_dataset(source.dataset, name=name)
+            self.sources[name] = source
+            if drop_last and len(source) < batch_size:
+                raise ValueError(f"dataset {name!r} ({source.where}) has {len(source)} rows, fewer than the batch "
                                  f"size {batch_size}: with drop_last=True it gives no batch at all; lower "
                                  "batch_size or set drop_last=False")
-            self.data[name] = tokenize_dataset(ds, tokenizer, use_map_cache=use_map_cache)
-            _log_truncated(name, ds, columns.inputs, self.data[name], tokenizer)
-            if samplers[name] == "no_duplicates":
-                self._keys[name] = text_keys([ds[c] for c in columns.inputs])
-        self._plans: dict[int, list[tuple[str, np.ndarray]]] = {}
-        self._plan_lock = threading.Lock()     # the prefetch thread plans too
+            if isinstance(source, ArrowSource) and len(source) <= eager_rows:
+                self.data[name] = tokenize_dataset(source.dataset, tokenizer)
+                _log_truncated(name, source, self.data[name], tokenizer)
+            self.orders[name] = self._order(name, source, samplers[name])
+        if process_count > 1 and agree is None and len(self.data) < len(self.names):
+            raise ValueError("a loader of several processes whose datasets are tokenized per batch needs 'agree' "
+                             "(the element-wise max of values over processes)")
+        self._schedules: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._schedule_lock = threading.Lock()
         if self.steps_per_epoch(0) == 0:
-            sizes = {n: len(d) for n, d in self.data.items()}
+            sizes = {n: len(s) for n, s in self.sources.items()}
             raise ValueError(f"an epoch has no batches (dataset sizes {sizes}, batch_size {batch_size}, "
                              f"drop_last={drop_last})")
         packed = dict(packing) if isinstance(packing, Mapping) else {n: bool(packing) for n in named}
@@ -149,111 +195,254 @@ class DataLoader:
         self.row_multiple = max(int(row_multiple), 1)
         self.pack_shapes: dict[str, tuple[int, int]] = {}    # name -> (most rows per process, row length)
         self.pack_rows: dict[str, tuple[int, ...]] = {}      # name -> the row counts of its batches
+        self._sample: dict[Position, _Local] = {}            # tokenized sample batches, used once
+        self._sample_needs: dict[str, list[tuple[Position, int]]] = {}
         for name in self.names:
-            if packed.get(name):
-                longest = max(int(c.lengths.max()) for c in self.data[name].inputs)
-                if pack_length == "auto" and longest <= AUTO_MAX_LENGTH:
-                    lengths = auto_lengths(longest, max(int(row_length_step), 1))
-                else:
-                    fixed = AUTO_MAX_LENGTH if pack_length == "auto" else pack_length
-                    lengths = [max(fixed, bucket_for(longest, self.buckets))]
-                plan = [rows for n, rows in self.plan(0) if n == name]
-                sample = plan[:SHAPE_SAMPLE]
-                length, counts = choose_pack_shape(
-                    lengths, lambda n: [self._rows_needed(name, rows, n) for rows in sample], len(plan),
-                    self.row_multiple)
-                self.pack_rows[name] = counts
-                self.pack_shapes[name] = (counts[-1], length)
+            self._choose_shapes(name, bool(packed.get(name)), pack_length, max(int(row_length_step), 1))
 
-    # ------------------------------------------------------------------ the plan of an epoch
+    # ------------------------------------------------------------------ order
 
-    def _dataset_batches(self, name: str, epoch: int) -> list[np.ndarray]:
+    def _order(self, name: str, source: RowSource, sampler: str):
         stream = stream_id(name)
-        if self.samplers[name] == "no_duplicates":
-            return no_duplicate_batches(self._keys[name], self.batch_size, self.seed, epoch,
-                                        drop_last=self.drop_last, stream=stream)
-        return shuffled_batches(len(self.data[name]), self.batch_size, self.seed, epoch,
-                                drop_last=self.drop_last, stream=stream)
+        if sampler == "no_duplicates":
+            return NoDuplicateBatches(len(source), self.batch_size, self.seed, lambda rows: source.read(rows).texts,
+                                      drop_last=self.drop_last, stream=stream)
+        if sampler == "group_by_label":
+            labels = self.data[name].labels if name in self.data else source.all_labels()
+            if labels is None:
+                raise ValueError(f"dataset {name!r} ({source.where}): batch_sampler 'group_by_label' needs a "
+                                 "label column")
+            return GroupByLabelBatches(labels, self.batch_size, self.seed, drop_last=self.drop_last, stream=stream)
+        return PlainBatches(len(source), self.batch_size, self.seed, drop_last=self.drop_last, stream=stream)
+
+    def _schedule(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset index, batch index within that dataset) of every step of ``epoch``."""
+        with self._schedule_lock:
+            if epoch not in self._schedules:
+                counts = [self.orders[n].count(epoch) for n in self.names]
+                if len(self.names) == 1:
+                    which = np.zeros(counts[0], np.int64)
+                else:
+                    which = dataset_schedule(counts, self.multi_dataset_sampler, self.seed, epoch)
+                within = np.zeros(len(which), np.int64)
+                for d in range(len(self.names)):
+                    at = np.flatnonzero(which == d)
+                    within[at] = np.arange(len(at))
+                if len(self._schedules) >= 2:
+                    self._schedules.pop(min(self._schedules))
+                self._schedules[epoch] = (which, within)
+            return self._schedules[epoch]
+
+    def rows_at(self, position: Position | tuple | Mapping) -> tuple[str, np.ndarray]:
+        """(dataset name, global row indices) of the batch at ``position``."""
+        pos = self.normalize(Position.of(position))
+        which, within = self._schedule(pos.epoch)
+        name = self.names[int(which[pos.index])]
+        return name, self.orders[name].rows(pos.epoch, int(within[pos.index]))
 
     def plan(self, epoch: int) -> list[tuple[str, np.ndarray]]:
-        """(dataset name, global row indices) of every step of ``epoch``; deterministic in (seed, epoch)."""
-        with self._plan_lock:
-            return self._plan_locked(epoch)
-
-    def _plan_locked(self, epoch: int) -> list[tuple[str, np.ndarray]]:
-        if epoch not in self._plans:
-            per_dataset = [self._dataset_batches(n, epoch) for n in self.names]
-            if len(self.names) == 1:
-                plan = [(self.names[0], rows) for rows in per_dataset[0]]
-            else:
-                schedule = dataset_schedule([len(b) for b in per_dataset], self.multi_dataset_sampler,
-                                            self.seed, epoch)
-                taken = [0] * len(self.names)
-                plan = []
-                for d in schedule:
-                    plan.append((self.names[d], per_dataset[d][taken[d]]))
-                    taken[d] += 1
-            if len(self._plans) >= 2:      # keep the current and the next epoch
-                self._plans.pop(min(self._plans))
-            self._plans[epoch] = plan
-        return self._plans[epoch]
-
-    def token_ids(self) -> np.ndarray:
-        """Every token id that this loader's batches can hold (its datasets' tokens and padding), ascending."""
-        parts = [col.unique.values for d in self.data.values() for col in d.inputs]
-        return np.unique(np.concatenate(parts + [np.asarray([self.pad_token_id], np.int32)]))
+        """(dataset name, global row indices) of every step of ``epoch`` (reads the whole epoch's order:
+        for tests and small datasets)."""
+        return [self.rows_at(Position(epoch, i)) for i in range(self.steps_per_epoch(epoch))]
 
     def steps_per_epoch(self, epoch: int = 0) -> int:
-        """Number of batches in ``epoch`` (the same every epoch, except with no_duplicates where it can vary)."""
-        return len(self.plan(epoch))
+        """Number of batches in ``epoch``."""
+        return len(self._schedule(epoch)[0])
 
     def total_steps(self, epochs: int) -> int:
         return sum(self.steps_per_epoch(e) for e in range(epochs))
 
+    def token_ids(self) -> np.ndarray | None:
+        """Every token id that this loader's batches can hold (its datasets' tokens and padding), ascending;
+        None when a dataset is tokenized per batch (its tokens are not known before it is read)."""
+        if len(self.data) < len(self.names):
+            return None
+        parts = [col.unique.values for d in self.data.values() for col in d.inputs]
+        return np.unique(np.concatenate(parts + [np.asarray([self.pad_token_id], np.int32)]))
+
+    def rows_read(self) -> dict[str, int]:
+        """Rows each dataset's source has parsed in this process so far (the whole dataset for those
+        tokenized up front)."""
+        return {n: (len(s) if n in self.data else s.rows_read) for n, s in self.sources.items()}
+
+    def bad_rows(self) -> int:
+        """Bad rows skipped so far in this process (``on_bad_row="skip"``)."""
+        return sum(s.bad_rows for s in self.sources.values())
+
+    # ------------------------------------------------------------------ tokenize, and shapes
+
+    def _tokens(self, name: str, rows: np.ndarray) -> tuple[list, np.ndarray | None, np.ndarray]:
+        """[column][row] token ids, labels and validity of ``rows`` (global row indices)."""
+        if name in self.data:
+            data = self.data[name]
+            return (batching.dataset_tokens(data, rows), data.labels[rows] if data.labels is not None else None,
+                    np.ones(len(rows), bool))
+        read = self.sources[name].read(rows)
+        valid = np.ones(len(rows), bool)
+        valid[read.skipped] = False
+        texts = [t for column in read.texts for t in column]
+        ids = self.tokenizer(texts) if texts else []
+        n = len(rows)
+        tokens = [ids[c * n:(c + 1) * n] for c in range(len(read.texts))]
+        return tokens, read.labels, valid
+
+    def _local(self, position: Position) -> _Local:
+        """This process's rows of the batch at ``position``, tokenized, with the shape it needs."""
+        if position in self._sample:
+            return self._sample.pop(position)
+        try:
+            name, rows = self.rows_at(position)
+            mine = rows[self.process_slice]
+            if name in self.data:      # every process knows the whole batch's need
+                need = self._need(name, batching.dataset_tokens(self.data[name], rows), whole=True)
+                tokens, labels, valid = self._tokens(name, mine)
+            else:
+                tokens, labels, valid = self._tokens(name, mine)
+                need = self._need(name, tokens)
+            return _Local(name, position, tokens, labels, valid, need)
+        except BadRowError as e:
+            return _Local("", position, [], None, np.zeros(0, bool), 0, error=e)
+
+    def _need(self, name: str, tokens: list, whole: bool = False) -> int:
+        """Packed rows (packed datasets) or the length-bucket index (padded ones) a batch needs: of the
+        global batch's tokens (``whole``: the largest process share), else of this process's share.
+        A sentence longer than the packed rows needs the fallback (a need past every count)."""
+        shares = ([[column[p * self.share:(p + 1) * self.share] for column in tokens]
+                   for p in range(self.process_count)] if whole else [tokens])
+        if name not in self.pack_shapes:
+            return max(self.buckets.index(bucket_for(batching.longest(s), self.buckets)) for s in shares)
+        length = self.pack_shapes[name][1]
+        need = 0
+        for share in shares:
+            lengths = [len(t) for t in batching.row_major(share)]
+            if lengths and max(lengths) > length:
+                return self._fallback_need(name)
+            need = max(need, rows_needed(lengths, length, self.max_segments) if lengths else 0)
+        return need
+
+    @staticmethod
+    def _fallback_need(name: str) -> int:
+        return 1 << 30      # past every row count: the fallback shape
+
+    def _choose_shapes(self, name: str, packed: bool, pack_length, row_length_step: int) -> None:
+        """The packed row length and row counts of dataset ``name`` (see the class docstring), from the
+        first epoch's first batches (the whole dataset's longest sentence when it is tokenized whole)."""
+        which, within = self._schedule(0)
+        at = np.flatnonzero(which == self.names.index(name))
+        sample = at[:max(1, min(SHAPE_SAMPLE, SHAPE_SAMPLE_ROWS // self.batch_size))]
+        positions = [Position(0, int(i)) for i in sample]
+        if not packed:
+            if name not in self.data:         # the sample's tokens are kept for the first steps
+                for pos in positions:
+                    self._sample[pos] = self._local(pos)
+            return
+        if name in self.data:
+            rows = [self.rows_at(p)[1] for p in positions]
+            longest = max(int(c.lengths.max()) for c in self.data[name].inputs)
+            local = None
+        else:
+            local = [self._local_tokens(p) for p in positions]
+            longest = int(self.agree(np.asarray([max((batching.longest(t) for _, t, _, _ in local), default=1)]))[0])
+        if pack_length == "auto" and longest <= AUTO_MAX_LENGTH:
+            lengths = auto_lengths(longest, row_length_step)
+        else:
+            fixed = AUTO_MAX_LENGTH if pack_length == "auto" else pack_length
+            lengths = [max(fixed, bucket_for(longest, self.buckets))]
+
+        def needs(length: int) -> list[int]:
+            if local is None:
+                return [self._rows_needed(name, r, length) for r in rows]
+            mine = [rows_needed([len(t) for t in batching.row_major(tokens)], length, self.max_segments)
+                    if tokens and tokens[0] else 0 for _, tokens, _, _ in local]
+            return self.agree(np.asarray(mine, np.int64)).tolist()
+
+        steps = int((which == self.names.index(name)).sum())
+        # a sample that is not the whole epoch keeps one program for the batches that do not fit it
+        programs = MAX_PROGRAMS if len(sample) == steps else MAX_PROGRAMS - 1
+        length, counts = choose_pack_shape(lengths, needs, steps, self.row_multiple, programs)
+        self.pack_rows[name] = counts
+        self.pack_shapes[name] = (counts[-1], length)
+        if local is not None:
+            for pos, (tokens_labels) in zip(positions, local):
+                err, tokens, labels, valid = tokens_labels
+                self._sample[pos] = _Local(name, pos, tokens, labels, valid,
+                                           0 if err else self._need(name, tokens), error=err)
+
+    def _local_tokens(self, position: Position):
+        """(error or None, tokens, labels, valid) of this process's rows at ``position``."""
+        try:
+            name, rows = self.rows_at(position)
+            return (None, *self._tokens(name, rows[self.process_slice]))
+        except BadRowError as e:
+            return (e, [], None, np.zeros(0, bool))
+
     def _rows_needed(self, name: str, rows: np.ndarray, length: int) -> int:
-        """Packed rows of ``length`` tokens that the largest process share of the global batch ``rows`` needs."""
-        size = self.batch_size // self.process_count
-        lengths = np.stack([c.lengths_of(rows) for c in self.data[name].inputs], axis=1)   # [rows, columns]
-        return max(rows_needed(lengths[p * size:(p + 1) * size].ravel(), length, self.max_segments)
+        """Packed rows of ``length`` tokens that the largest process share of the global batch ``rows`` of a
+        dataset tokenized whole needs."""
+        tokens = batching.dataset_tokens(self.data[name], rows)
+        return max(rows_needed([len(t) for t in batching.row_major([c[p * self.share:(p + 1) * self.share]
+                                                                    for c in tokens])], length, self.max_segments)
                    for p in range(self.process_count))
 
-    def _packed_rows(self, name: str, rows: np.ndarray) -> int:
-        """Packed rows per process for the global batch ``rows``: the smallest of the dataset's row counts
-        that holds every process's share (more, in steps, past the largest). The same on every process."""
-        need = self._rows_needed(name, rows, self.pack_shapes[name][1])
+    def _packed_rows(self, name: str, need: int) -> tuple[int, int]:
+        """(rows, row length) of a packed batch that needs ``need`` rows: the smallest of the dataset's
+        row counts that holds it, else the fallback: a row of the largest length bucket per sentence."""
         fits = [r for r in self.pack_rows[name] if r >= need]
         if fits:
-            return fits[0]
-        step = max(self.row_multiple, self.pack_rows[name][-1] // 4)
-        return -(-need // step) * step
+            return fits[0], self.pack_shapes[name][1]
+        rows = self.share * len(self.sources[name].columns.inputs)
+        return -(-rows // self.row_multiple) * self.row_multiple, self.buckets[-1]
+
+    def _build(self, local: _Local, need: int) -> dict:
+        """The batch arrays of ``local`` at the agreed ``need``."""
+        name = local.name
+        if name in self.pack_shapes:
+            rows, length = self._packed_rows(name, need)
+            features = batching.pack_rows(local.tokens, self.share, rows, length, self.max_segments,
+                                          self.pad_token_id, process_index=self.process_index)
+        else:
+            features = batching.padded_rows(local.tokens, self.buckets[need], self.share, self.pad_token_id)
+        return batching.with_labels_and_mask(features, local.labels, local.valid, self.share,
+                                             self.sources[name].label_dtype)
 
     def shape_positions(self, epoch: int = 0, sample: int = SHAPE_SAMPLE) -> list[Position]:
-        """One position per distinct batch shape (dataset and packed rows, or dataset and length bucket)
-        among each dataset's first ``sample`` batches of ``epoch``: the programs a run needs, to compile
-        them before the first step."""
+        """One position per distinct batch shape among each dataset's first batches of ``epoch`` (those
+        the shapes were chosen from): the programs a run needs, to compile them before the first step.
+        Every process returns the same positions."""
         first: dict[tuple, Position] = {}
-        seen: dict[str, int] = {}
-        for index, (name, rows) in enumerate(self.plan(epoch)):
-            if seen.get(name, 0) >= sample:
-                continue
-            seen[name] = seen.get(name, 0) + 1
-            shape = (self._packed_rows(name, rows) if name in self.pack_shapes
-                     else batch_length(self.data[name], rows, self.buckets))
-            first.setdefault((name, shape), Position(epoch, index))
-        return list(first.values())
+        which, _ = self._schedule(epoch)
+        for d, name in enumerate(self.names):
+            at = np.flatnonzero(which == d)[:max(1, min(sample, SHAPE_SAMPLE_ROWS // self.batch_size))]
+            positions = [Position(epoch, int(i)) for i in at]
+            needs = self.agree(np.asarray([self._peek(p).need for p in positions], np.int64))
+            for pos, need in zip(positions, needs.tolist()):
+                shape = self._packed_rows(name, need) if name in self.pack_shapes else need
+                first.setdefault((name, shape), pos)
+        return sorted(first.values())
+
+    def _peek(self, position: Position) -> _Local:
+        """The local batch at ``position`` without consuming a kept sample batch."""
+        if position in self._sample:
+            return self._sample[position]
+        return self._local(position)
 
     def batch_at(self, position: Position | tuple | Mapping) -> LoaderBatch:
-        """The batch at ``position`` (this process's slice)."""
-        pos = self.normalize(Position.of(position))
-        name, rows = self.plan(pos.epoch)[pos.index]
-        if name in self.pack_shapes:
-            batch = make_packed_batch(self.data[name], rows, self.batch_size, self._packed_rows(name, rows),
-                                      self.pack_shapes[name][1], self.max_segments, self.pad_token_id,
-                                      process_index=self.process_index, process_count=self.process_count)
-        else:
-            batch = make_batch(self.data[name], rows, self.batch_size, self.buckets, self.pad_token_id,
-                               process_index=self.process_index, process_count=self.process_count)
-        return LoaderBatch(name, batch, pos, self.normalize(Position(pos.epoch, pos.index + 1)))
+        """The batch at ``position`` (this process's slice), its shape agreed with the other processes
+        (every process must call it for the same positions in the same order)."""
+        return self.finish(self._peek(self.normalize(Position.of(position))))
+
+    def finish(self, local: _Local) -> LoaderBatch:
+        """Agrees the shape of a local batch with the other processes and builds its arrays; a bad row
+        (on_bad_row="error") on any process raises on every process."""
+        need, failed = self.agree(np.asarray([local.need, local.error is not None], np.int64)).tolist()
+        if local.error is not None:
+            raise local.error
+        if failed:
+            raise BadRowError("another process found a bad row in this batch (its log names the file and line)")
+        batch = self._build(local, need)
+        pos = local.position
+        return LoaderBatch(local.name, batch, pos, self.normalize(Position(pos.epoch, pos.index + 1)),
+                           skipped=int((~local.valid).sum()))
 
     def normalize(self, pos: Position) -> Position:
         """Maps the position one past an epoch's last batch to the start of the next epoch."""
@@ -275,16 +464,17 @@ class DataLoader:
         return self.iterate(epochs=1)
 
 
-def _log_truncated(name: str, ds: datasets.Dataset, columns: Sequence[str], data: TokenizedDataset, tokenizer) -> None:
-    counts = {c: col.truncated for c, col in zip(columns, data.inputs) if col.truncated}
+def _log_truncated(name: str, source: ArrowSource, data: TokenizedDataset, tokenizer) -> None:
+    counts = {c: col.truncated for c, col in zip(source.columns.inputs, data.inputs) if col.truncated}
     if counts:
-        logging.getLogger("jaxsbert").warning(
-            "dataset %r (%s): %d text(s) longer than max_seq_length=%s tokens were truncated (by column: %s)",
-            name, dataset_source(ds), sum(counts.values()), getattr(tokenizer, "max_seq_length", None), counts)
+        log.warning("dataset %r (%s): %d text(s) longer than max_seq_length=%s tokens were truncated (by column: %s)",
+                    name, source.where, sum(counts.values()), getattr(tokenizer, "max_seq_length", None), counts)
 
 
 class BatchIterator:
-    """Iterator of :class:`LoaderBatch`; ``position`` is where a checkpoint taken now should resume."""
+    """Iterator of :class:`LoaderBatch`; ``position`` is where a checkpoint taken now should resume.
+    The prefetch thread reads, tokenizes and sizes this process's rows; the consuming thread agrees the
+    shape with the other processes and builds the arrays."""
 
     def __init__(self, loader: DataLoader, start: Position, epochs: int | None):
         self.loader = loader
@@ -303,9 +493,8 @@ class BatchIterator:
     def _produce(self, pos: Position) -> None:
         try:
             while not self._finished(pos) and not self._stop.is_set():
-                item = self.loader.batch_at(pos)
-                self._put(item)
-                pos = item.next_position
+                self._put(self.loader._local(pos))
+                pos = self.loader.normalize(Position(pos.epoch, pos.index + 1))
             self._put(StopIteration())
         except BaseException as e:  # handed to the consumer
             self._put(e)
@@ -322,18 +511,21 @@ class BatchIterator:
         return self
 
     def __next__(self) -> LoaderBatch:
+        if self._finished(self.position):
+            self.close()
+            raise StopIteration
         if self._queue is None:
-            if self._finished(self.position):
-                raise StopIteration
-            item = self.loader.batch_at(self.position)
+            local = self.loader._local(self.position)
         else:
-            if self._finished(self.position):
+            local = self._queue.get()
+            if isinstance(local, BaseException):
                 self.close()
-                raise StopIteration
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self.close()
-                raise item
+                raise local
+        try:
+            item = self.loader.finish(local)
+        except BaseException:
+            self.close()
+            raise
         self.position = item.next_position
         return item
 

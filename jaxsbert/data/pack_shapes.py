@@ -37,10 +37,11 @@ def row_cost(rows, length: int):
 PROGRAM_COST = 40 * float(row_cost(7, 72))
 
 
-def choose_row_counts(needs: Sequence[int], length: int, steps: int, multiple: int = 1) -> tuple[tuple[int, ...], float]:
+def choose_row_counts(needs: Sequence[int], length: int, steps: int, multiple: int = 1,
+                      programs: int = MAX_PROGRAMS) -> tuple[tuple[int, ...], float]:
     """The row counts for batches that need ``needs`` rows of ``length`` tokens (a sample of an epoch of
-    ``steps`` batches), each a multiple of ``multiple``, and their estimated cost: the epoch's steps,
-    each on the fewest rows that hold it, plus ``PROGRAM_COST`` per count. The largest
+    ``steps`` batches), at most ``programs`` of them, each a multiple of ``multiple``, and their
+    estimated cost: the epoch's steps, each on the fewest rows that hold it, plus ``PROGRAM_COST`` per count. The largest
     need is always a count (every sampled batch fits); ties go to fewer counts."""
     if not len(needs):
         raise ValueError("choose_row_counts needs at least one batch")
@@ -59,7 +60,7 @@ def choose_row_counts(needs: Sequence[int], length: int, steps: int, multiple: i
 
     top = len(values) - 1
     best, best_cost = (top,), cost((top,))
-    for k in range(1, MAX_PROGRAMS):
+    for k in range(1, max(int(programs), 1)):
         for extra in itertools.combinations(range(top), k):
             c = cost(extra + (top,))
             if c < best_cost:
@@ -77,13 +78,13 @@ def auto_lengths(longest: int, step: int) -> list[int]:
 
 
 def choose_pack_shape(lengths: Sequence[int], needs: Callable[[int], Sequence[int]], steps: int,
-                      multiple: int = 1) -> tuple[int, tuple[int, ...]]:
+                      multiple: int = 1, programs: int = MAX_PROGRAMS) -> tuple[int, tuple[int, ...]]:
     """The row length out of ``lengths`` and its row counts (:func:`choose_row_counts`) with the least
     estimated cost; ``needs(length)`` gives the sampled batches' row needs at that length. Ties go to
     the longer rows (fewer of them)."""
     best = None
     for length in sorted(lengths, reverse=True):
-        counts, cost = choose_row_counts(needs(length), length, steps, multiple)
+        counts, cost = choose_row_counts(needs(length), length, steps, multiple, programs)
         if best is None or cost < best[2]:
             best = (length, counts, cost)
     return best[0], best[1]

@@ -79,22 +79,35 @@ def prepare(config: dict) -> Run:
     if not data_cfg["train"]:
         raise ValueError("config data.train is empty: name at least one training dataset")
     encoder = load_model(config)
-    datasets_ = {name: jdata.load_dataset(spec, data_root=data_cfg.get("data_root"))
-                 for name, spec in data_cfg["train"].items()}
+    on_bad_row = data_cfg.get("on_bad_row", "error")
+    sources = {name: jdata.open_source(spec, data_root=data_cfg.get("data_root"), on_bad_row=on_bad_row)
+               for name, spec in data_cfg["train"].items()}
     losses, has_labels = {}, {}
-    for name, spec in _loss_specs(config, list(datasets_)).items():
+    for name, spec in _loss_specs(config, list(sources)).items():
         spec = dict(spec)
         losses[name] = get_loss(spec.pop("name"), **spec)
-        columns = jdata.validate_dataset(datasets_[name], name=f"dataset {name!r}")   # file, column, row
-        labels = np.asarray(datasets_[name][columns.label]) if columns.label else None
-        losses[name].check_inputs(len(columns.inputs), labels, source=f"dataset {name!r} ({jdata.dataset_source(datasets_[name])})")
-        has_labels[name] = columns.label is not None
-    loader = jdata.DataLoader(datasets_, encoder.tokenizer, int(config["batch_size"]),
+        source = sources[name]
+        labels = None
+        if isinstance(source, jdata.ArrowSource):     # checked whole: file, column, row
+            jdata.validate_dataset(source.dataset, name=f"dataset {name!r}")
+            labels = source.all_labels()
+        elif source.columns.label is not None:         # read lazily: the first row's label stands for the type
+            labels = source.read(np.asarray([0])).labels
+        losses[name].check_inputs(len(source.columns.inputs), labels, source=f"dataset {name!r} ({source.where})")
+        has_labels[name] = source.columns.label is not None
+    agree = None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        def agree(values):       # the element-wise max over processes (every process calls it in step)
+            return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int64))).max(axis=0)
+    loader = jdata.DataLoader(sources, encoder.tokenizer, int(config["batch_size"]),
                               batch_sampler=data_cfg["batch_sampler"],
                               multi_dataset_sampler=data_cfg["multi_dataset_sampler"],
                               drop_last=bool(data_cfg["drop_last"]), seed=int(config["seed"]),
-                              process_index=jax.process_index(), process_count=jax.process_count(), prefetch=2,
-                              packing=_packing(data_cfg["packing"], losses), pack_length=data_cfg["pack_length"],
+                              process_index=jax.process_index(), process_count=jax.process_count(), agree=agree,
+                              prefetch=2, packing=_packing(data_cfg["packing"], losses),
+                              pack_length=data_cfg["pack_length"],
                               max_segments=int(data_cfg["max_segments"]), row_multiple=jax.local_device_count(),
                               row_length_step=128 if jax.default_backend() == "tpu" else 8)
     total = int(config["max_steps"]) if int(config["max_steps"]) > 0 else loader.total_steps(int(config["epochs"]))
@@ -253,7 +266,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
             checkpointer.save(step, whole_state, {"data_position": position.to_dict(), "step": step})
 
     try:
-        for item in iterator:
+        for item in _batches(iterator, lambda: (save_checkpoint(whole(state)), checkpointer.close())):
             if step >= run.total_steps or (stop_after and step - start_step >= stop_after) or stop.should_stop(step):
                 break
             state, metrics = steps[item.dataset](state, to_device(item.batch))
@@ -269,6 +282,8 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
                           "grad_norm": float(fetched[-1]["grad_norm"]), "pairs_per_s": rows / (now - t_log),
                           "epoch": position.epoch + position.index / max(run.loader.steps_per_epoch(position.epoch), 1),
                           "nonfinite": int(state["nonfinite"])}
+                if run.loader.bad_rows():
+                    record["bad_rows"] = run.loader.bad_rows()
                 writer.write(step, record)
                 progress(step, record)
                 if stop_on_nonfinite and not all(bool(m["finite"]) for m in fetched):
@@ -290,7 +305,11 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     save_checkpoint(state)
     checkpointer.close()
     train_seconds = time.time() - t_start
-    summary = {"steps": step, "train_seconds": round(train_seconds, 2), "workdir": workdir}
+    summary = {"steps": step, "train_seconds": round(train_seconds, 2), "workdir": workdir,
+               "rows_read": run.loader.rows_read(), "bad_rows": run.loader.bad_rows()}
+    log.info("process %d read %s rows of datasets of %s rows%s", jax.process_index(), summary["rows_read"],
+             {n: len(s) for n, s in run.loader.sources.items()},
+             f"; skipped {summary['bad_rows']} bad row(s)" if summary["bad_rows"] else "")
     if step < run.total_steps or stop.requested:
         log.info("%sstopped at step %d of %d; checkpoint saved; continue with: jaxsbert train CONFIG --workdir %s "
                  "--resume", f"{stop.name}: " if stop.requested else "", step, run.total_steps, workdir)
@@ -314,15 +333,33 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     return summary
 
 
+def _batches(iterator, on_bad_row):
+    """The iterator's batches; on a bad row (on_bad_row="error") ``on_bad_row()`` saves the checkpoint of
+    the last good step before the error goes on."""
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except jdata.BadRowError as e:
+            on_bad_row()
+            raise jdata.BadRowError(f"{e}. The checkpoint of the last good step is saved: fix the row, or set "
+                                    "data.on_bad_row='skip', and continue with --resume") from None
+        yield item
+
+
 def _compact_vocab(config: dict, run: Run, state: dict, mesh, sharding) -> CompactVocab | None:
     """The word-embedding rows to train (:mod:`jaxsbert.training.compact_vocab`), or None for the whole table."""
     if not config["compact_vocab"]:
         return None
     blocked = compaction_blocked(config["optim"])
+    token_ids = run.loader.token_ids()
+    if token_ids is None:
+        blocked = "a dataset is tokenized per batch, so its tokens are not known up front"
     if blocked:
         log.info("training the whole word-embedding table (compact_vocab does not apply: %s)", blocked)
         return None
-    vocab = CompactVocab.plan(run.loader.token_ids(), state, mesh, sharding)
+    vocab = CompactVocab.plan(token_ids, state, mesh, sharding)
     if vocab:
         log.info("training %d of the word-embedding table's %d rows: the tokens of the training data "
                  "(compact_vocab)", vocab.size, vocab.vocab_size)
@@ -376,7 +413,7 @@ def _start_or_resume(checkpointer: Checkpointer, state, resume: bool, started_be
 
 def _nonfinite_message(run: Run, bad: tuple, step: int, checkpoints: str) -> str:
     bad_step, dataset, position = bad
-    rows = np.sort(np.asarray(run.loader.plan(position.epoch)[position.index][1]))
+    rows = np.sort(np.asarray(run.loader.rows_at(position)[1]))
     if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
         rows_text = f"rows {rows[0]}-{rows[-1]}"
     else:
