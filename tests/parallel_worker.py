@@ -50,6 +50,8 @@ def main(spec_path: str) -> None:
         trainable = pmesh.local_copy({"params": state["params"], "heads": state["heads"]})
         _flatten(f"{name}/state", jax.device_get(trainable), out)
         out[f"{name}/steps"] = np.asarray(summary["steps"])
+        for dataset, count in summary["rows_read"].items():      # rows this process parsed, per dataset
+            out[f"{name}/rows_read/{dataset}"] = np.asarray(count)
         for key, value in (summary.get("eval") or {}).items():
             out[f"{name}/eval/{key}"] = np.asarray(value, np.float64)
         metrics_path = os.path.join(run["workdir"], "metrics.jsonl")

@@ -601,7 +601,7 @@ def test_bad_non_string_text(tiny_model, tmp_path):
     rows = _pairs()
     rows[5]["sentence2"] = 7                    # one number among strings
     cfg = _config(tiny_model, data={"train": {"pairs": _pairs_file(tmp_path, rows)}})
-    with pytest.raises(ValueError, match=r"pairs\.jsonl\): column 'sentence2', row 5: 7 \(int\), expected a string"):
+    with pytest.raises(ValueError, match=r"pairs\.jsonl:6: column 'sentence2' \(row 5\): 7 \(int\), expected a string"):
         _train(cfg, tmp_path / "run")
 
 
@@ -609,7 +609,7 @@ def test_bad_none_text(tiny_model, tmp_path):
     rows = _pairs()
     rows[9]["sentence1"] = None
     cfg = _config(tiny_model, data={"train": {"pairs": _pairs_file(tmp_path, rows)}})
-    with pytest.raises(ValueError, match=r"dataset 'pairs' \(.*pairs\.jsonl\): column 'sentence1', row 9: None, "
+    with pytest.raises(ValueError, match=r"pairs\.jsonl:10: column 'sentence1' \(row 9\): None, "
                                          r"expected a string"):
         _train(cfg, tmp_path / "run")
 
@@ -638,8 +638,8 @@ def test_bad_label_outside_num_labels(tiny_model, tmp_path):
     rows[13]["label"] = 3
     cfg = _config(tiny_model, data={"train": {"nli": _pairs_file(tmp_path, rows, "nli.jsonl")}},
                   loss={"name": "SoftmaxLoss", "num_labels": 3})
-    with pytest.raises(ValueError, match=r"dataset 'nli' \(.*nli\.jsonl\): SoftmaxLoss expects labels in \[0, 3\), "
-                                         r"got values from 0 to 3 \(first outside at row 13: 3\); num_labels=3"):
+    with pytest.raises(ValueError, match=r"nli\.jsonl:14: label column 'label' \(row 13\): SoftmaxLoss expects labels in \[0, 3\), "
+                                         r"got values from 3 to 3 \(first outside at row 13: 3\); num_labels=3"):
         _train(cfg, tmp_path / "run")
 
 
@@ -648,7 +648,7 @@ def test_bad_negative_label(tiny_model, tmp_path):
     rows[2]["label"] = -1
     cfg = _config(tiny_model, data={"train": {"nli": _pairs_file(tmp_path, rows, "nli.jsonl")}},
                   loss={"name": "SoftmaxLoss", "num_labels": 3})
-    with pytest.raises(ValueError, match=r"nli\.jsonl\): SoftmaxLoss expects labels in \[0, 3\).*row 2: -1"):
+    with pytest.raises(ValueError, match=r"nli\.jsonl:3: label column 'label' \(row 2\): SoftmaxLoss expects labels in \[0, 3\).*row 2: -1"):
         _train(cfg, tmp_path / "run")
 
 
@@ -667,7 +667,7 @@ def test_bad_missing_score_in_csv(tiny_model, tmp_path):
     path = tmp_path / "data" / "pairs.csv"
     path.parent.mkdir()
     path.write_text("sentence1,sentence2,score\n" + "".join(f"a {i},b {i},{0.5 if i != 4 else ''}\n" for i in range(24)))
-    with pytest.raises(ValueError, match=r"pairs\.csv\): label column 'score', row 4: None, expected a number"):
+    with pytest.raises(ValueError, match=r"pairs\.csv:6: label column 'score' \(row 4\): None, expected a number"):
         _train(_config(tiny_model, data={"train": {"pairs": str(path)}}), tmp_path / "run")
 
 

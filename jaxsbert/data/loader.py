@@ -118,6 +118,8 @@ class DataLoader:
         of ``row_multiple``, chosen from the first epoch's first batches against the cost of compiling
         one more program); one that does not fit them gets the fallback shape.
       eager_rows: Arrow sources up to this many rows are tokenized whole up front.
+      label_checks: ``{name: check(labels)}`` raising ValueError for label values the loss cannot take;
+        applied to the rows of datasets read per batch as they are read (a bad one is a bad row).
     """
 
     def __init__(self, datasets_: Any, tokenizer, batch_size: int, *,
@@ -127,7 +129,8 @@ class DataLoader:
                  process_index: int = 0, process_count: int = 1, agree: Callable | None = None,
                  prefetch: int = 0, packing: bool | Mapping[str, bool] = False,
                  pack_length: int | str = "auto", max_segments: int = DEFAULT_MAX_SEGMENTS,
-                 row_multiple: int = 1, row_length_step: int = 8, eager_rows: int = EAGER_ROWS):
+                 row_multiple: int = 1, row_length_step: int = 8, eager_rows: int = EAGER_ROWS,
+                 label_checks: Mapping[str, Callable[[np.ndarray], None]] | None = None):
         single = isinstance(datasets_, (datasets.Dataset, RowSource))
         named = {"train": datasets_} if single else dict(datasets_)
         if not named:
@@ -160,6 +163,7 @@ class DataLoader:
             buckets = length_buckets(max_seq_length)
         self.buckets = tuple(sorted(buckets))
         self.prefetch = prefetch
+        self.label_checks = dict(label_checks or {})
 
         self.names = tuple(named)
         self.sources: dict[str, RowSource] = {}
@@ -277,14 +281,46 @@ class DataLoader:
             data = self.data[name]
             return (batching.dataset_tokens(data, rows), data.labels[rows] if data.labels is not None else None,
                     np.ones(len(rows), bool))
-        read = self.sources[name].read(rows)
+        source = self.sources[name]
+        read = source.read(rows)
         valid = np.ones(len(rows), bool)
         valid[read.skipped] = False
+        check = self.label_checks.get(name)
+        if check is not None and read.labels is not None:
+            try:
+                check(read.labels[valid])
+            except ValueError:
+                self._bad_label(name, rows, read.labels, valid, check)
         texts = [t for column in read.texts for t in column]
         ids = self.tokenizer(texts) if texts else []
         n = len(rows)
         tokens = [ids[c * n:(c + 1) * n] for c in range(len(read.texts))]
         return tokens, read.labels, valid
+
+    def _bad_label(self, name: str, rows: np.ndarray, labels: np.ndarray, valid: np.ndarray, check) -> None:
+        """Finds the rows whose label ``check`` rejects: a BadRowError for the first, or (on_bad_row="skip")
+        each left out of the batch (``valid`` False) and counted."""
+        source = self.sources[name]
+        for k in np.flatnonzero(valid):
+            try:
+                check(labels[k:k + 1])
+            except ValueError as e:
+                row = int(rows[k])
+                where = source.where_row(row) if hasattr(source, "where_row") else source.where
+                message = str(e).replace("at row 0:", f"at row {row}:")
+                if source.on_bad_row == "error":
+                    raise BadRowError(f"{where}: label column {source.columns.label!r} (row {row}): {message}") from None
+                valid[k] = False
+                source.bad_rows += 1
+
+    def _raise_sample_errors(self, locals_: Sequence[_Local]) -> None:
+        """A bad row among the rows read up front is an error before anything compiles, on every process."""
+        error = next((l.error for l in locals_ if l.error is not None), None)
+        if int(self.agree(np.asarray([error is not None], np.int64))[0]) and error is None:
+            raise BadRowError("another process found a bad row among the first batches (its log names the file "
+                              "and line)")
+        if error is not None:
+            raise error
 
     def _local(self, position: Position) -> _Local:
         """This process's rows of the batch at ``position``, tokenized, with the shape it needs."""
@@ -335,6 +371,7 @@ class DataLoader:
             if name not in self.data:         # the sample's tokens are kept for the first steps
                 for pos in positions:
                     self._sample[pos] = self._local(pos)
+                self._raise_sample_errors([self._sample[p] for p in positions])
             return
         if name in self.data:
             rows = [self.rows_at(p)[1] for p in positions]
@@ -342,6 +379,8 @@ class DataLoader:
             local = None
         else:
             local = [self._local_tokens(p) for p in positions]
+            self._raise_sample_errors([_Local(name, p, [], None, np.zeros(0, bool), 0, error=e)
+                                       for p, (e, _, _, _) in zip(positions, local)])
             longest = int(self.agree(np.asarray([max((batching.longest(t) for _, t, _, _ in local), default=1)]))[0])
         if pack_length == "auto" and longest <= AUTO_MAX_LENGTH:
             lengths = auto_lengths(longest, row_length_step)
@@ -357,8 +396,9 @@ class DataLoader:
             return self.agree(np.asarray(mine, np.int64)).tolist()
 
         steps = int((which == self.names.index(name)).sum())
-        # a sample that is not the whole epoch keeps one program for the batches that do not fit it
-        programs = MAX_PROGRAMS if len(sample) == steps else MAX_PROGRAMS - 1
+        # a dataset tokenized per batch keeps one program for the batches that do not fit the sample's
+        # counts; one tokenized whole has its first epoch's shapes from the sample as before
+        programs = MAX_PROGRAMS if local is None or len(sample) == steps else MAX_PROGRAMS - 1
         length, counts = choose_pack_shape(lengths, needs, steps, self.row_multiple, programs)
         self.pack_rows[name] = counts
         self.pack_shapes[name] = (counts[-1], length)

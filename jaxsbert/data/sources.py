@@ -291,8 +291,8 @@ class LineSource(RowSource):
         self._starts = np.concatenate([[0], np.cumsum(counts)])
         self._length = int(self._starts[-1]) if limit is None else min(int(limit), int(self._starts[-1]))
         self.where = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more file(s)"
-        if self._length == 0:
-            raise ValueError(f"{self.where}: the dataset has no rows")
+        if self._starts[-1] == 0:
+            raise ValueError(f"{self.where}: the dataset file has no rows")
         first = self.files[0]
         try:
             names = list(first.parse(0)) if first.header is None else list(first.header)
@@ -343,10 +343,11 @@ class LineSource(RowSource):
         for c in self.columns.inputs:
             value = record.get(self._raw[c], _MISSING)
             if value is _MISSING:
-                raise BadRowError(f"{self.where_row(row)}: column {c!r} is missing (the row has {sorted(record)})")
+                raise BadRowError(f"{self.where_row(row)}: column {c!r} (row {row}) is missing (the row has "
+                                  f"{sorted(record)})")
             why = _bad_text(value)
             if why:
-                raise BadRowError(f"{self.where_row(row)}: column {c!r}: {why}")
+                raise BadRowError(f"{self.where_row(row)}: column {c!r} (row {row}): {why}")
             texts.append(value)
         label = None
         if self.columns.label is not None:
@@ -355,15 +356,18 @@ class LineSource(RowSource):
             try:
                 if value is _MISSING:
                     raise ValueError("is missing")
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    raise ValueError("None, expected a number")
                 label = float(value)
                 if not np.isfinite(label):
                     raise ValueError(f"{value!r} is not a finite number")
                 if self.label_dtype.kind == "i" and label != int(label):
                     raise ValueError(f"{value!r} is not a class id (an integer), as the first row's label is")
             except (TypeError, ValueError) as e:
-                msg = str(e) if value is _MISSING or "finite" in str(e) or "class id" in str(e) \
-                    else f"{value!r:.40} is not a number"
-                raise BadRowError(f"{self.where_row(row)}: label column {c!r}: {msg}") from None
+                msg = str(e) if value is _MISSING or value is None or "finite" in str(e) or "class id" in str(e) \
+                    or "None" in str(e) else f"{value!r:.40} is not a number"
+                raise BadRowError(f"{self.where_row(row)}: label column {c!r} (row {row}){'' if msg.startswith('is') else ':'} "
+                                  f"{msg}") from None
         return texts, label
 
     def read(self, rows: np.ndarray) -> Rows:

@@ -87,6 +87,8 @@ def prepare(config: dict) -> Run:
         spec = dict(spec)
         losses[name] = get_loss(spec.pop("name"), **spec)
         source = sources[name]
+        if len(source) == 0:
+            raise ValueError(f"dataset {name!r} ({source.where}): the dataset is empty")
         labels = None
         if isinstance(source, jdata.ArrowSource):     # checked whole: file, column, row
             jdata.validate_dataset(source.dataset, name=f"dataset {name!r}")
@@ -109,7 +111,9 @@ def prepare(config: dict) -> Run:
                               prefetch=2, packing=_packing(data_cfg["packing"], losses),
                               pack_length=data_cfg["pack_length"],
                               max_segments=int(data_cfg["max_segments"]), row_multiple=jax.local_device_count(),
-                              row_length_step=128 if jax.default_backend() == "tpu" else 8)
+                              row_length_step=128 if jax.default_backend() == "tpu" else 8,
+                              label_checks={n: (lambda labels, loss=loss: loss.check_label_values(labels, ""))
+                                            for n, loss in losses.items()})
     total = int(config["max_steps"]) if int(config["max_steps"]) > 0 else loader.total_steps(int(config["epochs"]))
     evaluators = {name: tevals.build_evaluator(name, spec, data_root=data_cfg.get("data_root"), losses=losses)
                   for name, spec in data_cfg["eval"].items()}
@@ -301,6 +305,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
                 save_checkpoint(whole(state))
     finally:
         iterator.close()
+        progress.close()
     state = whole(state)
     save_checkpoint(state)
     checkpointer.close()
@@ -428,7 +433,9 @@ def _nonfinite_message(run: Run, bad: tuple, step: int, checkpoints: str) -> str
 
 def _progress(total: int, start: int):
     if jax.process_index() != 0:
-        return lambda step, record: None
+        update = lambda step, record: None
+        update.close = lambda: None
+        return update
     from tqdm.auto import tqdm
     bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
@@ -438,6 +445,7 @@ def _progress(total: int, start: int):
         bar.refresh()
         if step >= total:
             bar.close()
+    update.close = bar.close       # before an error's message, so that the message is the last line
     return update
 
 
