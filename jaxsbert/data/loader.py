@@ -118,6 +118,8 @@ class DataLoader:
         of ``row_multiple``, chosen from the first epoch's first batches against the cost of compiling
         one more program); one that does not fit them gets the fallback shape.
       eager_rows: Arrow sources up to this many rows are tokenized whole up front.
+      run_steps: the steps the run will take, when fewer than an epoch's (``max_steps``): the packed
+        shapes' cost estimate counts those steps only (a short run compiles fewer programs).
       label_checks: ``{name: check(labels)}`` raising ValueError for label values the loss cannot take;
         applied to the rows of datasets read per batch as they are read (a bad one is a bad row).
     """
@@ -130,7 +132,8 @@ class DataLoader:
                  prefetch: int = 0, packing: bool | Mapping[str, bool] = False,
                  pack_length: int | str = "auto", max_segments: int = DEFAULT_MAX_SEGMENTS,
                  row_multiple: int = 1, row_length_step: int = 8, eager_rows: int = EAGER_ROWS,
-                 label_checks: Mapping[str, Callable[[np.ndarray], None]] | None = None):
+                 label_checks: Mapping[str, Callable[[np.ndarray], None]] | None = None,
+                 run_steps: int | None = None):
         single = isinstance(datasets_, (datasets.Dataset, RowSource))
         named = {"train": datasets_} if single else dict(datasets_)
         if not named:
@@ -164,6 +167,7 @@ class DataLoader:
         self.buckets = tuple(sorted(buckets))
         self.prefetch = prefetch
         self.label_checks = dict(label_checks or {})
+        self.run_steps = run_steps
 
         self.names = tuple(named)
         self.sources: dict[str, RowSource] = {}
@@ -395,10 +399,12 @@ class DataLoader:
                     if tokens and tokens[0] else 0 for _, tokens, _, _ in local]
             return self.agree(np.asarray(mine, np.int64)).tolist()
 
-        steps = int((which == self.names.index(name)).sum())
+        epoch_steps = steps = int((which == self.names.index(name)).sum())
+        if self.run_steps:          # the run's share of this dataset's steps, if the run is shorter than an epoch
+            steps = min(steps, max(1, round(self.run_steps * steps / len(which))))
         # a dataset tokenized per batch keeps one program for the batches that do not fit the sample's
         # counts; one tokenized whole has its first epoch's shapes from the sample as before
-        programs = MAX_PROGRAMS if local is None or len(sample) == steps else MAX_PROGRAMS - 1
+        programs = MAX_PROGRAMS if local is None or len(sample) == epoch_steps else MAX_PROGRAMS - 1
         length, counts = choose_pack_shape(lengths, needs, steps, self.row_multiple, programs)
         self.pack_rows[name] = counts
         self.pack_shapes[name] = (counts[-1], length)

@@ -112,6 +112,7 @@ def prepare(config: dict) -> Run:
                               pack_length=data_cfg["pack_length"],
                               max_segments=int(data_cfg["max_segments"]), row_multiple=jax.local_device_count(),
                               row_length_step=128 if jax.default_backend() == "tpu" else 8,
+                              run_steps=int(config["max_steps"]) if int(config["max_steps"]) > 0 else None,
                               label_checks={n: (lambda labels, loss=loss: loss.check_label_values(labels, ""))
                                             for n, loss in losses.items()})
     total = int(config["max_steps"]) if int(config["max_steps"]) > 0 else loader.total_steps(int(config["epochs"]))
