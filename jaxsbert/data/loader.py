@@ -167,6 +167,7 @@ class DataLoader:
         self.buckets = tuple(sorted(buckets))
         self.prefetch = prefetch
         self.label_checks = dict(label_checks or {})
+        self.truncated: dict[str, dict[str, int]] = {}    # datasets read per batch: texts cut, by column
         self.run_steps = run_steps
 
         self.names = tuple(named)
@@ -207,6 +208,12 @@ class DataLoader:
         self._sample_needs: dict[str, list[tuple[Position, int]]] = {}
         for name in self.names:
             self._choose_shapes(name, bool(packed.get(name)), pack_length, max(int(row_length_step), 1))
+            counts = self.truncated.get(name)
+            if counts:
+                log.warning("dataset %r (%s): %d text(s) longer than max_seq_length=%s tokens were truncated "
+                            "(by column: %s) in the %d rows read up front; later ones are counted in the run's "
+                            "summary", name, self.sources[name].where, sum(counts.values()),
+                            getattr(tokenizer, "max_seq_length", None), counts, self.sources[name].rows_read)
 
     # ------------------------------------------------------------------ order
 
@@ -299,6 +306,17 @@ class DataLoader:
         ids = self.tokenizer(texts) if texts else []
         n = len(rows)
         tokens = [ids[c * n:(c + 1) * n] for c in range(len(read.texts))]
+        limit = getattr(self.tokenizer, "max_seq_length", None)
+        if limit is not None and hasattr(self.tokenizer, "token_counts"):
+            counts = self.truncated.setdefault(name, {})
+            for c, (column, column_texts) in enumerate(zip(tokens, read.texts)):
+                at_limit = [i for i, t in enumerate(column) if len(t) >= limit and valid[i]]
+                if at_limit:
+                    full = self.tokenizer.token_counts([column_texts[i] for i in at_limit])
+                    cut = sum(f > limit for f in full)
+                    if cut:
+                        name_c = source.columns.inputs[c]
+                        counts[name_c] = counts.get(name_c, 0) + cut
         return tokens, read.labels, valid
 
     def _bad_label(self, name: str, rows: np.ndarray, labels: np.ndarray, valid: np.ndarray, check) -> None:
@@ -502,9 +520,11 @@ class DataLoader:
 
     # ------------------------------------------------------------------ iteration
 
-    def iterate(self, start: Position | tuple | Mapping | None = None, epochs: int | None = None) -> "BatchIterator":
-        """Batches from ``start`` (default the beginning) until the end of epoch ``epochs - 1`` (None: forever)."""
-        return BatchIterator(self, Position.of(start), epochs)
+    def iterate(self, start: Position | tuple | Mapping | None = None, epochs: int | None = None,
+                limit: int | None = None) -> "BatchIterator":
+        """Batches from ``start`` (default the beginning) until the end of epoch ``epochs - 1`` (None: forever),
+        and at most ``limit`` of them (the prefetch thread reads no row past them)."""
+        return BatchIterator(self, Position.of(start), epochs, limit)
 
     def __iter__(self) -> Iterator[LoaderBatch]:
         return self.iterate(epochs=1)
@@ -522,10 +542,12 @@ class BatchIterator:
     The prefetch thread reads, tokenizes and sizes this process's rows; the consuming thread agrees the
     shape with the other processes and builds the arrays."""
 
-    def __init__(self, loader: DataLoader, start: Position, epochs: int | None):
+    def __init__(self, loader: DataLoader, start: Position, epochs: int | None, limit: int | None = None):
         self.loader = loader
         self.epochs = epochs
         self.position = loader.normalize(start)
+        self.limit = limit
+        self._yielded = 0
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         if loader.prefetch > 0:
@@ -538,8 +560,10 @@ class BatchIterator:
 
     def _produce(self, pos: Position) -> None:
         try:
-            while not self._finished(pos) and not self._stop.is_set():
+            made = 0
+            while not self._finished(pos) and not self._stop.is_set() and (self.limit is None or made < self.limit):
                 self._put(self.loader._local(pos))
+                made += 1
                 pos = self.loader.normalize(Position(pos.epoch, pos.index + 1))
             self._put(StopIteration())
         except BaseException as e:  # handed to the consumer
@@ -557,7 +581,7 @@ class BatchIterator:
         return self
 
     def __next__(self) -> LoaderBatch:
-        if self._finished(self.position):
+        if self._finished(self.position) or (self.limit is not None and self._yielded >= self.limit):
             self.close()
             raise StopIteration
         if self._queue is None:
@@ -573,6 +597,7 @@ class BatchIterator:
             self.close()
             raise
         self.position = item.next_position
+        self._yielded += 1
         return item
 
     def close(self) -> None:

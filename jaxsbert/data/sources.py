@@ -7,13 +7,13 @@ which parses just those rows. Two kinds:
   parquet and arrow files through ``datasets``' cache, hub datasets, in-memory datasets). Checked
   whole up front: columnar checks of an Arrow table are cheap.
 - :class:`LineSource`: local ``.jsonl`` / ``.csv`` / ``.tsv`` files, one or many (globs, lists). Each
-  file gets an index of where its lines start (numpy over the memory-mapped file, ~1 GB/s, cached
-  on disk next to the XLA cache), so reading row ``i`` parses one line. Rows are checked when they
+  file gets an index of where its lines start (one numpy pass over the file, ~1 GB/s, cached on
+  disk in ``~/.cache/jaxsbert/line-index``), so reading row ``i`` reads and parses one line. Rows are checked when they
   are read: a bad one is a :class:`BadRowError` naming the file, line and column, or, with
   ``on_bad_row="skip"``, a row the batch leaves out (masked) and counts.
 
 Memory: an ArrowSource holds nothing beyond the memory map; a LineSource holds 8 bytes per row for
-its line index (memory-mapped from the cache file too). Start-up reads no row.
+its line index (memory-mapped from the cache file). Opening a source reads no row.
 """
 from __future__ import annotations
 
@@ -121,9 +121,6 @@ class ArrowSource(RowSource):
         if self.columns.label is None:
             return None
         return np.asarray(self._arrow[self.columns.label].to_numpy(zero_copy_only=False)).astype(self.label_dtype)
-
-    def all_texts(self) -> list[list[str]]:
-        return [self._arrow[c].to_pylist() for c in self.columns.inputs]
 
 
 # --------------------------------------------------------------------------- line files

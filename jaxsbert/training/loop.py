@@ -93,8 +93,8 @@ def prepare(config: dict) -> Run:
         if isinstance(source, jdata.ArrowSource):     # checked whole: file, column, row
             jdata.validate_dataset(source.dataset, name=f"dataset {name!r}")
             labels = source.all_labels()
-        elif source.columns.label is not None:         # read lazily: the first row's label stands for the type
-            labels = source.read(np.asarray([0])).labels
+        elif source.columns.label is not None:         # read per batch: the values are checked as they are read
+            labels = np.zeros(0, source.label_dtype)
         losses[name].check_inputs(len(source.columns.inputs), labels, source=f"dataset {name!r} ({source.where})")
         has_labels[name] = source.columns.label is not None
     agree = None
@@ -263,7 +263,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     stop_on_nonfinite = config["nonfinite"] == "stop"
     step = start_step
     progress = _progress(run.total_steps, start_step)
-    iterator = run.loader.iterate(position)
+    iterator = run.loader.iterate(position, limit=max(run.total_steps - start_step, 0))
     pending_at = []    # (step, dataset, data position) of each pending step, to name a non-finite one
 
     def save_checkpoint(whole_state):
