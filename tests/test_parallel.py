@@ -277,10 +277,11 @@ def test_two_processes_match_one_process(runs):
     assert loss_diff <= TOL and grad_diff <= TOL and param_diff <= TOL
     assert any(k.startswith("['heads']['nli']") for k in state)
     # each process read (parsed) only its slice of each global batch: together every row of the epoch once,
-    # each at most half of the 4 whole batches plus its slice of the partial fifth (16 rows, all process 0's)
+    # each half of the 4 whole batches and half of the partial fifth (its 16 rows spread over the 32 slots)
     for dataset in ("pairs", "nli"):
         reads = [int(p[f"two/rows_read/{dataset}"]) for p in (p0, p1)]
-        assert sum(reads) == ROWS and max(reads) <= 4 * BATCH // 2 + BATCH // 2, (dataset, reads)
+        print(f"{dataset}: rows read by each process {reads} of {ROWS}")
+        assert sum(reads) == ROWS and max(reads) <= 0.55 * ROWS and max(reads) - min(reads) <= 1, (dataset, reads)
     assert int(one["one/rows_read/pairs"]) >= ROWS
     # both processes hold the same final state and computed the same evaluation
     assert _max_diff(state, _tree(p1, "two/state")) == 0

@@ -34,14 +34,40 @@ def process_rows(batch_size: int, process_index: int = 0, process_count: int = 1
     return slice(process_index * share, (process_index + 1) * share)
 
 
+def batch_slots(n: int, batch_size: int) -> np.ndarray:
+    """The slot in the global batch of each of a batch's ``n`` rows: a full batch in order; a partial
+    (last) batch spread evenly over the ``batch_size`` slots (row ``i`` at ``i * batch_size // n``), so
+    that every process and every device holds its share of its rows, and the global batch is the same
+    on every topology."""
+    return np.arange(n, dtype=np.int64) * batch_size // max(n, 1)
+
+
+def local_rows(n: int, batch_size: int, process_index: int = 0, process_count: int = 1
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(which of a batch's ``n`` rows are this process's, their slots in its share of the batch)."""
+    local = process_rows(batch_size, process_index, process_count)
+    slots = batch_slots(n, batch_size)
+    mine = np.flatnonzero((slots >= local.start) & (slots < local.stop))
+    return mine, slots[mine] - local.start
+
+
 def longest(tokens: Tokens) -> int:
     """The longest sequence of ``tokens`` (1 when there is none)."""
     return max((len(t) for column in tokens for t in column), default=1)
 
 
-def padded_rows(tokens: Tokens, length: int, share: int, pad_token_id: int = 0) -> tuple[dict, ...]:
-    """One ``{"input_ids", "attention_mask"}`` of ``[share, length]`` per column."""
-    return tuple(pad_token_ids(column, length, share, pad_token_id) for column in tokens)
+def padded_rows(tokens: Tokens, length: int, share: int, pad_token_id: int = 0, at: np.ndarray | None = None
+                ) -> tuple[dict, ...]:
+    """One ``{"input_ids", "attention_mask"}`` of ``[share, length]`` per column; row ``k`` of ``tokens``
+    at row ``at[k]`` (default ``k``), the other rows padding."""
+    def placed(column):
+        if at is None:
+            return column
+        out = [()] * share
+        for k, t in zip(at, column):
+            out[k] = t
+        return out
+    return tuple(pad_token_ids(placed(column), length, share, pad_token_id) for column in tokens)
 
 
 def row_major(tokens: Tokens) -> list:
@@ -50,12 +76,14 @@ def row_major(tokens: Tokens) -> list:
 
 
 def pack_rows(tokens: Tokens, share: int, packed_rows: int, row_length: int, max_segments: int,
-              pad_token_id: int = 0, *, process_index: int = 0) -> dict:
+              pad_token_id: int = 0, *, process_index: int = 0, at: np.ndarray | None = None) -> dict:
     """This process's sentences packed (:mod:`jaxsbert.data.packing`) into ``packed_rows`` rows of
     ``row_length`` tokens::
 
         {"input_ids", "attention_mask" (segment ids), "position_ids": [packed_rows, row_length],
          "slots": int32 [share, columns]}   # slots index the global array of all processes
+
+    Row ``k`` of ``tokens`` is row ``at[k]`` (default ``k``) of the share.
     """
     from jaxsbert.data.packing import pack_token_ids
 
@@ -64,19 +92,21 @@ def pack_rows(tokens: Tokens, share: int, packed_rows: int, row_length: int, max
                               slot_offset=offset)
     n = len(tokens[0]) if tokens else 0
     slots = np.full((share, len(tokens)), offset, np.int32)   # padding rows: any valid slot (masked out)
-    slots[:n] = features["slots"].reshape(n, len(tokens))
+    slots[np.arange(n) if at is None else at] = features["slots"].reshape(n, len(tokens))
     features["slots"] = slots
     return features
 
 
 def with_labels_and_mask(features, labels: np.ndarray | None, valid: np.ndarray, share: int,
-                         label_dtype: np.dtype) -> dict:
-    """The batch dict: ``features``, the labels padded to ``share`` rows, and the validity mask."""
+                         label_dtype: np.dtype, at: np.ndarray | None = None) -> dict:
+    """The batch dict: ``features``, the labels padded to ``share`` rows, and the validity mask (row ``k``
+    at row ``at[k]``, default ``k``)."""
+    at = np.arange(len(valid)) if at is None else at
     out_labels = np.zeros(share, label_dtype)
     if labels is not None:
-        out_labels[:len(labels)] = labels
+        out_labels[at] = labels
     mask = np.zeros(share, bool)
-    mask[:len(valid)] = valid
+    mask[at] = valid
     return {"features": features, "labels": out_labels, "mask": mask}
 
 
@@ -100,9 +130,9 @@ def make_batch(data: TokenizedDataset, rows: Sequence[int], batch_size: int, buc
     if len(rows) > batch_size:
         raise ValueError(f"{len(rows)} rows do not fit in a batch of {batch_size}")
     length = bucket_for(longest(dataset_tokens(data, rows)), buckets)
-    local = process_rows(batch_size, process_index, process_count)
-    mine = rows[local]
-    share = local.stop - local.start
-    features = padded_rows(dataset_tokens(data, mine), length, share, pad_token_id)
+    share = batch_size // process_count
+    which, at = local_rows(len(rows), batch_size, process_index, process_count)
+    mine = rows[which]
+    features = padded_rows(dataset_tokens(data, mine), length, share, pad_token_id, at)
     labels = data.labels[mine] if data.labels is not None else None
-    return with_labels_and_mask(features, labels, np.ones(len(mine), bool), share, data.label_dtype)
+    return with_labels_and_mask(features, labels, np.ones(len(mine), bool), share, data.label_dtype, at)

@@ -43,6 +43,8 @@ log = logging.getLogger("jaxsbert")
 EAGER_ROWS = 32768       # an Arrow source up to this many rows is tokenized whole, once
 SHAPE_SAMPLE = 256       # batches per dataset from which the packed shapes and the programs to compile are read
 SHAPE_SAMPLE_ROWS = 32768   # ... at most this many rows of them (large batches sample fewer batches)
+CHUNK_PARTS = 4            # packed row counts of a cached loss are multiples of 1/CHUNK_PARTS of its chunk
+FALLBACK_NEED = 1 << 30     # the need of a batch that fits none of its dataset's packed row counts
 
 
 class Position(NamedTuple):
@@ -82,7 +84,9 @@ class _Local:
     tokens: list                 # [column][row] token ids
     labels: np.ndarray | None
     valid: np.ndarray            # [rows] False for skipped bad rows
-    need: int                    # packed rows (packed) or length bucket index (padded) this process needs
+    at: np.ndarray               # [rows] each row's place in this process's share of the batch
+    rows: np.ndarray | None = None   # the global batch's row indices
+    need: int = 0                # packed rows (packed) or length bucket index (padded) this process needs
     error: BaseException | None = None
 
 
@@ -117,6 +121,10 @@ class DataLoader:
         bucket)``. A batch gets the fewest rows that hold it out of a few counts per dataset (multiples
         of ``row_multiple``, chosen from the first epoch's first batches against the cost of compiling
         one more program); one that does not fit them gets the fallback shape.
+      chunk_rows: ``{name: rows(length)}`` for datasets whose loss embeds packed batches in chunks
+        (gradient caching): the global packed rows of ``length`` tokens per chunk; each process's row
+        counts are then multiples of its share of a quarter of a chunk too, so a batch splits into chunks
+        of a quarter of that to all of it.
       eager_rows: Arrow sources up to this many rows are tokenized whole up front.
       run_steps: the steps the run will take, when fewer than an epoch's (``max_steps``): the packed
         shapes' cost estimate counts those steps only (a short run compiles fewer programs).
@@ -133,7 +141,7 @@ class DataLoader:
                  pack_length: int | str = "auto", max_segments: int = DEFAULT_MAX_SEGMENTS,
                  row_multiple: int = 1, row_length_step: int = 8, eager_rows: int = EAGER_ROWS,
                  label_checks: Mapping[str, Callable[[np.ndarray], None]] | None = None,
-                 run_steps: int | None = None):
+                 run_steps: int | None = None, chunk_rows: Mapping[str, Callable[[int], int]] | None = None):
         single = isinstance(datasets_, (datasets.Dataset, RowSource))
         named = {"train": datasets_} if single else dict(datasets_)
         if not named:
@@ -148,9 +156,9 @@ class DataLoader:
             s = samplers.setdefault(name, "batch_sampler")
             if s not in BATCH_SAMPLERS:
                 raise ValueError(f"dataset {name!r}: unknown batch_sampler {s!r}; choose from {BATCH_SAMPLERS}")
-        self.process_slice = batching.process_rows(batch_size, process_index, process_count)
+        process_slice = batching.process_rows(batch_size, process_index, process_count)
         self.batch_size = batch_size
-        self.share = self.process_slice.stop - self.process_slice.start
+        self.share = process_slice.stop - process_slice.start
         self.process_index, self.process_count = process_index, process_count
         self.agree = agree or local_agree
         self.samplers = samplers
@@ -202,6 +210,7 @@ class DataLoader:
             raise ValueError(f"pack_length must be 'auto' or a positive number of tokens, got {pack_length!r}")
         self.max_segments = int(max_segments)
         self.row_multiple = max(int(row_multiple), 1)
+        self.chunk_rows = dict(chunk_rows or {})
         self.pack_shapes: dict[str, tuple[int, int]] = {}    # name -> (most rows per process, row length)
         self.pack_rows: dict[str, tuple[int, ...]] = {}      # name -> the row counts of its batches
         self._sample: dict[Position, _Local] = {}            # tokenized sample batches, used once
@@ -344,43 +353,54 @@ class DataLoader:
         if error is not None:
             raise error
 
+    def _read(self, position: Position) -> _Local:
+        """This process's rows of the batch at ``position``, tokenized (their need not yet set)."""
+        try:
+            name, rows = self.rows_at(position)
+            which, at = batching.local_rows(len(rows), self.batch_size, self.process_index, self.process_count)
+            tokens, labels, valid = self._tokens(name, rows[which])
+            return _Local(name, position, tokens, labels, valid, at, rows)
+        except BadRowError as e:
+            return _Local("", position, [], None, np.zeros(0, bool), np.zeros(0, np.int64), error=e)
+
+    def _sized(self, local: _Local) -> _Local:
+        """``local`` with the shape it needs: of the global batch (the largest process share) for a
+        dataset tokenized whole, which every process knows, else of this process's share."""
+        if local.error is None:
+            shares = (self._shares(batching.dataset_tokens(self.data[local.name], local.rows))
+                      if local.name in self.data else [local.tokens])
+            local.need = self._need(local.name, shares)
+        return local
+
     def _local(self, position: Position) -> _Local:
         """This process's rows of the batch at ``position``, tokenized, with the shape it needs."""
         if position in self._sample:
             return self._sample.pop(position)
-        try:
-            name, rows = self.rows_at(position)
-            mine = rows[self.process_slice]
-            if name in self.data:      # every process knows the whole batch's need
-                need = self._need(name, batching.dataset_tokens(self.data[name], rows), whole=True)
-                tokens, labels, valid = self._tokens(name, mine)
-            else:
-                tokens, labels, valid = self._tokens(name, mine)
-                need = self._need(name, tokens)
-            return _Local(name, position, tokens, labels, valid, need)
-        except BadRowError as e:
-            return _Local("", position, [], None, np.zeros(0, bool), 0, error=e)
+        return self._sized(self._read(position))
 
-    def _need(self, name: str, tokens: list, whole: bool = False) -> int:
-        """Packed rows (packed datasets) or the length-bucket index (padded ones) a batch needs: of the
-        global batch's tokens (``whole``: the largest process share), else of this process's share.
-        A sentence longer than the packed rows needs the fallback (a need past every count)."""
-        shares = ([[column[p * self.share:(p + 1) * self.share] for column in tokens]
-                   for p in range(self.process_count)] if whole else [tokens])
+    def _shares(self, tokens: list) -> list[list]:
+        """The global batch's ``[column][row]`` tokens split into the processes' shares."""
+        n = len(tokens[0]) if tokens else 0
+        picks = [batching.local_rows(n, self.batch_size, p, self.process_count)[0] for p in range(self.process_count)]
+        return [[[column[i] for i in pick] for column in tokens] for pick in picks]
+
+    def _need(self, name: str, shares: list[list]) -> int:
+        """Packed rows (packed datasets) or the length-bucket index (padded ones) that the largest of
+        ``shares`` (``[column][row]`` tokens) needs."""
         if name not in self.pack_shapes:
             return max(self.buckets.index(bucket_for(batching.longest(s), self.buckets)) for s in shares)
-        length = self.pack_shapes[name][1]
+        return self._rows_for(shares, self.pack_shapes[name][1])
+
+    def _rows_for(self, shares: list[list], length: int) -> int:
+        """Packed rows of ``length`` tokens that the largest of ``shares`` needs; a sentence longer than
+        ``length`` needs the fallback shape (``FALLBACK_NEED``, past every row count)."""
         need = 0
         for share in shares:
             lengths = [len(t) for t in batching.row_major(share)]
             if lengths and max(lengths) > length:
-                return self._fallback_need(name)
+                return FALLBACK_NEED
             need = max(need, rows_needed(lengths, length, self.max_segments) if lengths else 0)
         return need
-
-    @staticmethod
-    def _fallback_need(name: str) -> int:
-        return 1 << 30      # past every row count: the fallback shape
 
     def _choose_shapes(self, name: str, packed: bool, pack_length, row_length_step: int) -> None:
         """The packed row length and row counts of dataset ``name`` (see the class docstring), from the
@@ -396,14 +416,13 @@ class DataLoader:
                 self._raise_sample_errors([self._sample[p] for p in positions])
             return
         if name in self.data:
-            rows = [self.rows_at(p)[1] for p in positions]
+            shares = [self._shares(batching.dataset_tokens(self.data[name], self.rows_at(p)[1])) for p in positions]
             longest = max(int(c.lengths.max()) for c in self.data[name].inputs)
             local = None
         else:
-            local = [self._local_tokens(p) for p in positions]
-            self._raise_sample_errors([_Local(name, p, [], None, np.zeros(0, bool), 0, error=e)
-                                       for p, (e, _, _, _) in zip(positions, local)])
-            longest = int(self.agree(np.asarray([max((batching.longest(t) for _, t, _, _ in local), default=1)]))[0])
+            local = [self._read(p) for p in positions]
+            self._raise_sample_errors(local)
+            longest = int(self.agree(np.asarray([max((batching.longest(l.tokens) for l in local), default=1)]))[0])
         if pack_length == "auto" and longest <= AUTO_MAX_LENGTH:
             lengths = auto_lengths(longest, row_length_step)
         else:
@@ -412,10 +431,8 @@ class DataLoader:
 
         def needs(length: int) -> list[int]:
             if local is None:
-                return [self._rows_needed(name, r, length) for r in rows]
-            mine = [rows_needed([len(t) for t in batching.row_major(tokens)], length, self.max_segments)
-                    if tokens and tokens[0] else 0 for _, tokens, _, _ in local]
-            return self.agree(np.asarray(mine, np.int64)).tolist()
+                return [self._rows_for(s, length) for s in shares]
+            return self.agree(np.asarray([self._rows_for([l.tokens], length) for l in local], np.int64)).tolist()
 
         epoch_steps = steps = int((which == self.names.index(name)).sum())
         if self.run_steps:          # the run's share of this dataset's steps, if the run is shorter than an epoch
@@ -423,30 +440,21 @@ class DataLoader:
         # a dataset tokenized per batch keeps one program for the batches that do not fit the sample's
         # counts; one tokenized whole has its first epoch's shapes from the sample as before
         programs = MAX_PROGRAMS if local is None or len(sample) == epoch_steps else MAX_PROGRAMS - 1
-        length, counts = choose_pack_shape(lengths, needs, steps, self.row_multiple, programs)
+        length, counts = choose_pack_shape(lengths, needs, steps, lambda n: self._row_multiple(name, n), programs)
         self.pack_rows[name] = counts
         self.pack_shapes[name] = (counts[-1], length)
-        if local is not None:
-            for pos, (tokens_labels) in zip(positions, local):
-                err, tokens, labels, valid = tokens_labels
-                self._sample[pos] = _Local(name, pos, tokens, labels, valid,
-                                           0 if err else self._need(name, tokens), error=err)
+        for l in local or ():
+            self._sample[l.position] = self._sized(l)
 
-    def _local_tokens(self, position: Position):
-        """(error or None, tokens, labels, valid) of this process's rows at ``position``."""
-        try:
-            name, rows = self.rows_at(position)
-            return (None, *self._tokens(name, rows[self.process_slice]))
-        except BadRowError as e:
-            return (e, [], None, np.zeros(0, bool))
-
-    def _rows_needed(self, name: str, rows: np.ndarray, length: int) -> int:
-        """Packed rows of ``length`` tokens that the largest process share of the global batch ``rows`` of a
-        dataset tokenized whole needs."""
-        tokens = batching.dataset_tokens(self.data[name], rows)
-        return max(rows_needed([len(t) for t in batching.row_major([c[p * self.share:(p + 1) * self.share]
-                                                                    for c in tokens])], length, self.max_segments)
-                   for p in range(self.process_count))
+    def _row_multiple(self, name: str, length: int) -> int:
+        """What the packed row counts of dataset ``name`` at ``length`` tokens are multiples of: ``row_multiple``
+        (the local devices), and this process's share of a quarter of a gradient-caching chunk (so a batch's
+        rows split into chunks of a quarter of the budget to the whole budget: the loss takes the largest
+        divisor of the rows within it)."""
+        if name not in self.chunk_rows:
+            return self.row_multiple
+        share = max(1, int(self.chunk_rows[name](length)) // (CHUNK_PARTS * self.process_count))
+        return int(np.lcm(self.row_multiple, share))
 
     def _packed_rows(self, name: str, need: int) -> tuple[int, int]:
         """(rows, row length) of a packed batch that needs ``need`` rows: the smallest of the dataset's
@@ -454,8 +462,8 @@ class DataLoader:
         fits = [r for r in self.pack_rows[name] if r >= need]
         if fits:
             return fits[0], self.pack_shapes[name][1]
-        rows = self.share * len(self.sources[name].columns.inputs)
-        return -(-rows // self.row_multiple) * self.row_multiple, self.buckets[-1]
+        rows, multiple = self.share * len(self.sources[name].columns.inputs), self._row_multiple(name, self.buckets[-1])
+        return -(-rows // multiple) * multiple, self.buckets[-1]
 
     def _build(self, local: _Local, need: int) -> dict:
         """The batch arrays of ``local`` at the agreed ``need``."""
@@ -463,11 +471,11 @@ class DataLoader:
         if name in self.pack_shapes:
             rows, length = self._packed_rows(name, need)
             features = batching.pack_rows(local.tokens, self.share, rows, length, self.max_segments,
-                                          self.pad_token_id, process_index=self.process_index)
+                                          self.pad_token_id, process_index=self.process_index, at=local.at)
         else:
-            features = batching.padded_rows(local.tokens, self.buckets[need], self.share, self.pad_token_id)
+            features = batching.padded_rows(local.tokens, self.buckets[need], self.share, self.pad_token_id, local.at)
         return batching.with_labels_and_mask(features, local.labels, local.valid, self.share,
-                                             self.sources[name].label_dtype)
+                                             self.sources[name].label_dtype, local.at)
 
     def shape_positions(self, epoch: int = 0, sample: int = SHAPE_SAMPLE) -> list[Position]:
         """One position per distinct batch shape among each dataset's first batches of ``epoch`` (those

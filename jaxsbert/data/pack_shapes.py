@@ -78,13 +78,16 @@ def auto_lengths(longest: int, step: int) -> list[int]:
 
 
 def choose_pack_shape(lengths: Sequence[int], needs: Callable[[int], Sequence[int]], steps: int,
-                      multiple: int = 1, programs: int = MAX_PROGRAMS) -> tuple[int, tuple[int, ...]]:
+                      multiple: int | Callable[[int], int] = 1, programs: int = MAX_PROGRAMS
+                      ) -> tuple[int, tuple[int, ...]]:
     """The row length out of ``lengths`` and its row counts (:func:`choose_row_counts`) with the least
-    estimated cost; ``needs(length)`` gives the sampled batches' row needs at that length. Ties go to
-    the longer rows (fewer of them)."""
+    estimated cost; ``needs(length)`` gives the sampled batches' row needs at that length, and
+    ``multiple`` (or ``multiple(length)``) what the row counts are multiples of. Ties go to the longer
+    rows (fewer of them)."""
     best = None
     for length in sorted(lengths, reverse=True):
-        counts, cost = choose_row_counts(needs(length), length, steps, multiple, programs)
+        m = multiple(length) if callable(multiple) else multiple
+        counts, cost = choose_row_counts(needs(length), length, steps, m, programs)
         if best is None or cost < best[2]:
             best = (length, counts, cost)
     return best[0], best[1]
