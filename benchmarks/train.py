@@ -6,7 +6,9 @@ pairs, same loss, batch size and optimizer (AdamW 2e-5, dropout on), CPU or GPU.
 
 Cases ``loss:batch``: ``mnrl`` (MultipleNegativesRankingLoss on (sentence1, sentence2)), ``cosent``
 (CoSENTLoss on (sentence1, sentence2, score)), ``cmnrl`` (CachedMultipleNegativesRankingLoss,
-mini-batch 32). Each framework runs in its own process. sentence-transformers runs its training
+mini-batch 32), ``cmnrl_tokens`` (the same with ``mini_batch_num_tokens=1024``: sentence-transformers
+fills a mini-batch with sentences up to 1024 non-padding tokens, jaxsbert with packed rows up to 1024
+token slots). Each framework runs in its own process. sentence-transformers runs its training
 step as SentenceTransformerTrainer does (collate = tokenize each column, loss forward, backward, clip,
 AdamW step); jaxsbert runs ``jaxsbert.training.loop.train`` (data loader, packing, jitted step).
 Throughput is pairs/s over the steps after the first ``--warmup`` (compilation, caches); the mean
@@ -23,12 +25,14 @@ import time
 from benchmarks.common import REPO, CompileCounter, machine_description, minilm_path, peak_rss_mib, run_worker
 
 LOSSES = {"mnrl": "MultipleNegativesRankingLoss", "cosent": "CoSENTLoss",
-          "cmnrl": "CachedMultipleNegativesRankingLoss"}
+          "cmnrl": "CachedMultipleNegativesRankingLoss", "cmnrl_tokens": "CachedMultipleNegativesRankingLoss"}
+MINI_BATCH_NUM_TOKENS = 1024     # cmnrl_tokens: sentence-transformers' token budget per mini-batch
 DEFAULT_CASES = ["mnrl:32", "mnrl:64", "cosent:16", "cmnrl:1024"]
 
 
 def _loss_kwargs(kind: str) -> dict:
-    return {"mini_batch_size": 32} if kind == "cmnrl" else {}
+    return {"cmnrl": {"mini_batch_size": 32},
+            "cmnrl_tokens": {"mini_batch_size": 32, "mini_batch_num_tokens": MINI_BATCH_NUM_TOKENS}}.get(kind, {})
 
 
 def run_jaxsbert(kind: str, batch: int, steps: int, warmup: int, compute_dtype: str, packing: str) -> dict:
@@ -72,7 +76,9 @@ def run_sentence_transformers(kind: str, batch: int, steps: int, warmup: int, se
     model.train()
     loss = {"mnrl": lambda: losses.MultipleNegativesRankingLoss(model),
             "cosent": lambda: losses.CoSENTLoss(model),
-            "cmnrl": lambda: losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=32)}[kind]()
+            "cmnrl": lambda: losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=32),
+            "cmnrl_tokens": lambda: losses.CachedMultipleNegativesRankingLoss(
+                model, mini_batch_size=32, mini_batch_num_tokens=MINI_BATCH_NUM_TOKENS)}[kind]()
     decay = [p for n, p in loss.named_parameters() if not any(k in n for k in ("bias", "LayerNorm"))]
     no_decay = [p for n, p in loss.named_parameters() if any(k in n for k in ("bias", "LayerNorm"))]
     # the optimizer SentenceTransformerTrainer uses by default (transformers: "adamw_torch_fused" on torch >= 2.8)
@@ -117,12 +123,13 @@ def main():
     if args.one:
         fw, case = args.one
         kind, batch = case.split(":")
-        steps = args.steps if kind != "cmnrl" else max(args.warmup + 3, args.steps // 5)
+        cached = kind.startswith("cmnrl")
+        steps = args.steps if not cached else max(args.warmup + 3, args.steps // 5)
         if fw == "jaxsbert":
-            out = run_jaxsbert(kind, int(batch), steps, args.warmup if kind != "cmnrl" else 2,
+            out = run_jaxsbert(kind, int(batch), steps, args.warmup if not cached else 2,
                                args.compute_dtype, args.packing)
         else:
-            out = run_sentence_transformers(kind, int(batch), steps, args.warmup if kind != "cmnrl" else 2)
+            out = run_sentence_transformers(kind, int(batch), steps, args.warmup if not cached else 2)
         print("RESULT " + json.dumps(out), flush=True)
         return
     print(machine_description(), flush=True)

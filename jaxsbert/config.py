@@ -27,8 +27,8 @@ DEFAULTS: dict[str, Any] = {
         "batch_sampler": "batch_sampler",          # or "no_duplicates", "group_by_label"
         "drop_last": False,
         "data_root": None,           # where named datasets (stsb, sick) live; None: ../shared/data
-        # pack several sentences per row (jaxsbert.data.packing): "auto" (every loss that does not
-        # embed in chunks), True, False, or {dataset name: bool}
+        # pack several sentences per row (jaxsbert.data.packing): "auto" (every dataset; cached losses
+        # embed packed rows in chunks of a token budget), True, False, or {dataset name: bool}
         "packing": "auto",
         # tokens per packed row: "auto" (as few as the data's sentences allow, up to 128, chosen by the
         # estimated step cost: jaxsbert.data.pack_shapes), or a number (longer if a sentence is longer)

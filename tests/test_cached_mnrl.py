@@ -70,8 +70,10 @@ def test_cached_gradients_equal_plain(setup):
     embed_fn = _embed_fn(config)
     value, (grads, _) = _value_and_grad(L.get_loss("MultipleNegativesRankingLoss"), embed_fn, params, features)
     assert float(jnp.max(jnp.abs(grads["transformer"]["embeddings"]["word_embeddings"]["embedding"]))) > 0
-    for chunk in (1, 4, BATCH):
-        loss = L.get_loss("CachedMultipleNegativesRankingLoss", mini_batch_size=chunk)
+    length = features[0]["input_ids"].shape[1]
+    for options in ({"mini_batch_size": 1}, {"mini_batch_size": 4}, {"mini_batch_size": BATCH},
+                    {"mini_batch_num_tokens": 3 * length + 1}):     # 3 rows fit: chunks of 2 (divide BATCH)
+        loss = L.get_loss("CachedMultipleNegativesRankingLoss", **options)
         value_c, (grads_c, _) = _value_and_grad(loss, embed_fn, params, features)
         np.testing.assert_allclose(value_c, value, rtol=1e-5)
         _assert_trees_close(grads_c, grads)

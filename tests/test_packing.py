@@ -75,15 +75,76 @@ def test_packed_loss_and_gradients_equal_padded():
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
-def test_cached_loss_rejects_packed_batches():
+@pytest.mark.parametrize("name, options, rows", [
+    ("CachedMultipleNegativesRankingLoss", {"mini_batch_size": 4}, 12),              # 3 chunks of 4 rows
+    ("CachedMultipleNegativesRankingLoss", {"mini_batch_num_tokens": 150}, 12),      # 150 // 48 = 3 rows
+    ("CachedMultipleNegativesRankingLoss", {"mini_batch_size": 5}, 12),              # 4 rows: 5 does not divide 12
+    ("CachedMultipleNegativesSymmetricRankingLoss", {"mini_batch_size": 3}, 12),
+    ("MegaBatchMarginLoss", {"mini_batch_size": 2}, 12),
+    ("MatryoshkaLoss", {"loss": "CachedMultipleNegativesRankingLoss", "matryoshka_dims": [32, 16],
+                        "mini_batch_size": 6}, 12),
+])
+def test_cached_losses_on_packed_batches_equal_the_uncached_loss(name, options, rows):
+    """GradCache over packed chunks: the value and gradients of a cached loss on a packed batch equal
+    those of the same loss uncached (on the packed batch, and on the padded batch)."""
     config = tiny_config()
-    model = SentenceModel(config)
-    packed = pack_token_ids([[5, 6], [7, 8, 9]], rows=1, row_length=8)
+    rng = np.random.default_rng(2)
+    b = 10
+    columns = [_sentences(rng, b) for _ in range(2)]
+    model = SentenceModel(config, max_segments=4)
+    embed_fn = make_embed_fn(model, dropout=False)
+    padded = tuple(pad_token_ids(c, 32, b) for c in columns)
+    params = model.init(jax.random.PRNGKey(0), padded[0])["params"]
+    mask = np.array([True] * 9 + [False])
+    options = dict(options)
+    if name == "MatryoshkaLoss":
+        inner = options.pop("loss")
+        cached = get_loss(name, loss=inner, loss_kwargs={"mini_batch_size": options.pop("mini_batch_size")}, **options)
+        plain = get_loss(name, loss="MultipleNegativesRankingLoss", **options)
+    elif name == "MegaBatchMarginLoss":
+        cached, plain = get_loss(name, **options), get_loss(name, use_mini_batched_version=False)
+    else:
+        cached, plain = get_loss(name, **options), get_loss(name.replace("Cached", ""))
+    assert cached.grad_cache_mini_batch_size() is not None and plain.grad_cache_mini_batch_size() is None
+    flat = [s for row in zip(*columns) for s in row]
+    packed = pack_token_ids(flat, rows=rows, row_length=48, max_segments=4)
+    packed["slots"] = packed["slots"].reshape(b, 2)
+
+    def run(loss, features):
+        return jax.jit(lambda p: loss.value_and_grad(embed_fn, p, {}, features, None, mask))(params)
+
+    value, (grads, _) = run(cached, packed)
+    for features in (packed, padded):
+        value_u, (grads_u, _) = run(plain, features)
+        np.testing.assert_allclose(value, value_u, rtol=1e-5)
+        for x, y in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_u)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=2e-6)
+    assert float(optax_norm(grads)) > 0
+
+
+def optax_norm(tree):
+    import optax
+    return optax.tree.norm(tree)
+
+
+def test_packed_grad_cache_chunks():
+    """A packed batch is cut into the chunks the loss's budget allows: rows // chunk programs' worth."""
+    from jaxsbert.losses.gradcache import largest_divisor
+    assert [largest_divisor(12, k) for k in (1, 4, 5, 12, 50)] == [1, 4, 4, 12, 12]
+    assert largest_divisor(7, 3) == 1
+    loss = get_loss("CachedMultipleNegativesRankingLoss", mini_batch_num_tokens=1000)
+    assert loss.grad_cache_chunk_rows(48) == 20 and loss.grad_cache_chunk_rows(2000) == 1
+    assert get_loss("CachedMultipleNegativesRankingLoss").grad_cache_chunk_rows(48) == 32
+    with pytest.raises(ValueError, match="mini_batch_num_tokens must be a positive integer"):
+        get_loss("CachedMultipleNegativesRankingLoss", mini_batch_num_tokens=0)
+    config = tiny_config()
+    model = SentenceModel(config, max_segments=4)
+    packed = pack_token_ids([[5, 6], [7, 8, 9]], rows=2, row_length=8, max_segments=4)
     packed["slots"] = packed["slots"].reshape(1, 2)
     params = model.init(jax.random.PRNGKey(0), packed)["params"]
-    loss = get_loss("CachedMultipleNegativesRankingLoss", mini_batch_size=1)
-    with pytest.raises(ValueError, match="packed"):
-        loss.value_and_grad(make_embed_fn(model, False), params, {}, packed)
+    bare = lambda p, f, r: model.apply({"params": p}, f)      # no max_segments: it cannot find the slots
+    with pytest.raises(ValueError, match="max_segments"):
+        get_loss("CachedMultipleNegativesRankingLoss", mini_batch_size=1).value_and_grad(bare, params, {}, packed)
 
 
 def _unpack(features, max_segments):
@@ -230,7 +291,9 @@ def test_packed_row_length_auto_or_fixed():
     128 tokens auto rows take the longest sentence's bucket; other values are an error before any batch."""
     from test_data import WordTokenizer, pairs
     from jaxsbert.data import DataLoader
+    from jaxsbert.data.batching import batch_sentences
     from jaxsbert.data.pack_shapes import auto_lengths, choose_pack_shape
+    from jaxsbert.data.packing import rows_needed
 
     ds, tok = pairs(300, max_words=20), WordTokenizer()
     auto = DataLoader(ds, tok, batch_size=16, seed=3, packing=True)
@@ -239,7 +302,9 @@ def test_packed_row_length_auto_or_fixed():
     assert length % 8 == 0 and longest <= length <= 128
     sample = [r for _, r in auto.plan(0)]
     assert (length, auto.pack_rows["train"]) == choose_pack_shape(
-        auto_lengths(longest, 8), lambda n: [auto._rows_needed("train", r, n) for r in sample], len(sample))
+        auto_lengths(longest, 8),
+        lambda n: [rows_needed([len(t) for t in batch_sentences(auto.data["train"], r)], n, auto.max_segments)
+                   for r in sample], len(sample))
     assert {auto.batch_at((0, i)).batch["features"]["input_ids"].shape[1] for i in range(len(sample))} == {length}
 
     assert DataLoader(ds, tok, batch_size=16, seed=3, packing=True, pack_length=100).pack_shapes["train"][1] == 100

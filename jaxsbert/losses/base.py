@@ -304,11 +304,13 @@ class Loss:
         (``grad_cache_mini_batch_size()`` not None) embed and back-propagate in chunks instead,
         with the same result (see :mod:`jaxsbert.losses.gradcache`).
         """
-        chunk = self.grad_cache_mini_batch_size()
         if is_packed(features):
+            chunk = self.grad_cache_chunk_rows(features["input_ids"].shape[1])
             if chunk is not None:
-                raise ValueError(f"{self.name} embeds in chunks and cannot take packed batches; "
-                                 "turn packing off for this dataset (config data.packing=False)")
+                from jaxsbert.losses.gradcache import packed_grad_cache_value_and_grad
+
+                return packed_grad_cache_value_and_grad(lambda e, h: self(h, e, labels, mask), embed_fn, params,
+                                                        head_params, features, rng, chunk, self.name)
 
             def total_packed(p, h):
                 emb = embed_fn(p, features, rng)              # [B, columns, D]
@@ -316,8 +318,13 @@ class Loss:
 
             return jax.value_and_grad(total_packed, argnums=(0, 1))(params, head_params)
         features = tuple(features)
+        chunk = self.grad_cache_mini_batch_size()
         if chunk is not None:
-            from jaxsbert.losses.gradcache import grad_cache_value_and_grad
+            from jaxsbert.losses.gradcache import grad_cache_value_and_grad, largest_divisor
+
+            if self.grad_cache_mini_batch_num_tokens():     # a token budget: the rows of the longest column that fit it
+                length = max(jnp.shape(f["input_ids"])[-1] for f in features)
+                chunk = largest_divisor(jnp.shape(features[0]["input_ids"])[0], self.grad_cache_chunk_rows(length))
 
             return grad_cache_value_and_grad(lambda e, h: self(h, e, labels, mask), embed_fn, params, head_params,
                                              features, rng, chunk, self.name)
@@ -331,6 +338,22 @@ class Loss:
     def grad_cache_mini_batch_size(self) -> Optional[int]:
         """Rows per chunk when :meth:`value_and_grad` uses gradient caching; None: one plain pass."""
         return None
+
+    def grad_cache_mini_batch_num_tokens(self) -> Optional[int]:
+        """The token budget of a chunk (``mini_batch_num_tokens``), if one is set; None: ``mini_batch_size`` rows."""
+        return None
+
+    def grad_cache_chunk_rows(self, length: int) -> Optional[int]:
+        """Rows of ``length`` tokens per gradient-caching chunk: ``mini_batch_num_tokens // length`` (at
+        least 1) with a token budget, else ``mini_batch_size`` (packed rows hold several sentences each, so a
+        packed chunk has the memory of ``mini_batch_size`` padded sentences of that length); None: no caching.
+        Without a token budget, an unpadded batch must be a multiple of it; with one, a chunk is the largest
+        divisor of the batch's rows that fits the budget."""
+        size = self.grad_cache_mini_batch_size()
+        if size is None:
+            return None
+        tokens = self.grad_cache_mini_batch_num_tokens()
+        return max(1, int(tokens) // int(length)) if tokens else size
 
     def config_dict(self) -> dict[str, Any]:
         """Hyper-parameters (like sentence-transformers' ``get_config_dict``)."""

@@ -16,6 +16,11 @@ un-chunked loss (with the same dropout masks).
 Chunk ``k`` holds rows ``k, k + n, k + 2n, ...`` (``n`` = number of chunks): a batch sharded over
 devices along its first axis is reshaped to ``[chunk, n, ...]`` and every chunk spans every device,
 so the passes run data-parallel without moving rows between devices.
+
+Packed batches (:mod:`jaxsbert.data.packing`) are chunked the same way along their packed rows: a
+chunk is a fixed token budget (rows x row length) holding as many sentences as its rows hold, and
+pass 1 gives every slot of every row its embedding; the loss gathers the columns' embeddings from the
+slots, so pass 2's gradient lands on the slots and pass 3 pulls each chunk's slots back.
 """
 from __future__ import annotations
 
@@ -46,6 +51,11 @@ def split_chunks(x: jax.Array, n_chunks: int) -> jax.Array:
 def merge_chunks(x: jax.Array) -> jax.Array:
     """Inverse of :func:`split_chunks`: [n_chunks, chunk, ...] -> [B, ...] in the original row order."""
     return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (>= 1)."""
+    return max(d for d in range(1, max(min(n, at_most), 1) + 1) if n % d == 0)
 
 
 def _batch_size(features: dict) -> int:
@@ -105,3 +115,29 @@ def grad_cache_value_and_grad(loss_fn: Callable[[tuple, Any], jax.Array], embed_
         g = stack(columns, [emb_grads[c] for c in columns])
         grads, _ = jax.lax.scan(body, grads, (xs, keys, g))
     return loss, (grads, head_grads)
+
+
+def packed_grad_cache_value_and_grad(loss_fn: Callable[[tuple, Any], jax.Array], embed_fn: EmbedFn, params: Any,
+                                     head_params: Any, features: dict, rng: jax.Array | None, chunk_rows: int,
+                                     name: str = "loss") -> tuple[jax.Array, tuple[Any, Any]]:
+    """:func:`grad_cache_value_and_grad` of a packed batch (``features`` with ``slots`` [B, columns]),
+    in chunks of the largest divisor of its rows that is at most ``chunk_rows``. ``embed_fn`` must say
+    how many slots its model gives a row (``embed_fn.max_segments``, see ``make_embed_fn``)."""
+    segments = getattr(embed_fn, "max_segments", None)
+    if segments is None:
+        raise ValueError(f"{name}: gradient caching on packed batches needs embed_fn.max_segments "
+                         "(the model's sentences per packed row); make embed_fn with training.step.make_embed_fn")
+    slots = features["slots"]
+    rows = features["input_ids"].shape[0]
+    chunk = largest_divisor(rows, chunk_rows)
+    n_chunks = rows // chunk
+    # row r is row r // n_chunks of its chunk (split_chunks), so its slots there start at that times S
+    chunk_slots = ((jnp.arange(rows) // n_chunks)[:, None] * segments + jnp.arange(segments)[None]).astype(jnp.int32)
+    row_features = {**{k: v for k, v in features.items() if k != "slots"}, "slots": chunk_slots}
+
+    def slot_loss(embeddings, head):     # ([rows, S, D],) -> the loss on the columns gathered from the slots
+        every_slot = embeddings[0].reshape(-1, embeddings[0].shape[-1])
+        columns = jnp.take(every_slot, slots, axis=0)                  # [B, columns, D]
+        return loss_fn(tuple(columns[:, c] for c in range(columns.shape[1])), head)
+
+    return grad_cache_value_and_grad(slot_loss, embed_fn, params, head_params, (row_features,), rng, chunk, name)

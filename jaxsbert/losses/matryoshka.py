@@ -66,6 +66,9 @@ class MatryoshkaLoss(Loss):
     def grad_cache_mini_batch_size(self) -> Optional[int]:
         return self.loss.grad_cache_mini_batch_size()
 
+    def grad_cache_mini_batch_num_tokens(self) -> Optional[int]:
+        return self.loss.grad_cache_mini_batch_num_tokens()
+
     def __call__(self, head_params: Any, embeddings, labels=None, mask=None) -> jax.Array:
         embeddings = tuple(jnp.asarray(e, jnp.float32) for e in embeddings)
         full = embeddings[0].shape[-1] if embeddings and embeddings[0].ndim == 2 else None

@@ -27,13 +27,21 @@ class MegaBatchMarginLoss(Loss):
     negative_margin: float = 0.3
     use_mini_batched_version: bool = True
     mini_batch_size: int = 50
+    mini_batch_num_tokens: Optional[int] = None
 
     def __post_init__(self):
         if not isinstance(self.mini_batch_size, int) or self.mini_batch_size < 1:
             raise ValueError(f"{self.name}: mini_batch_size must be a positive integer, got {self.mini_batch_size!r}")
+        if self.mini_batch_num_tokens is not None and (isinstance(self.mini_batch_num_tokens, bool) or not isinstance(
+                self.mini_batch_num_tokens, int) or self.mini_batch_num_tokens < 1):
+            raise ValueError(f"{self.name}: mini_batch_num_tokens must be a positive integer or None, "
+                             f"got {self.mini_batch_num_tokens!r}")
 
     def grad_cache_mini_batch_size(self) -> Optional[int]:
         return self.mini_batch_size if self.use_mini_batched_version else None
+
+    def grad_cache_mini_batch_num_tokens(self) -> Optional[int]:
+        return self.mini_batch_num_tokens
 
     def compute(self, head_params, embeddings, labels, mask):
         anchors, positives = embeddings

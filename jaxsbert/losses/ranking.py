@@ -179,10 +179,18 @@ class _Cached:
     multiple of ``mini_batch_size`` (or at most it). Chunk k of column c gets the dropout key
     ``fold_in(fold_in(rng, c), k)``."""
     mini_batch_size: int
+    mini_batch_num_tokens: Optional[int]
 
     def _check_mini_batch(self):
         if not isinstance(self.mini_batch_size, int) or self.mini_batch_size < 1:
             raise ValueError(f"{self.name}: mini_batch_size must be a positive integer, got {self.mini_batch_size!r}")
+        if self.mini_batch_num_tokens is not None and (isinstance(self.mini_batch_num_tokens, bool) or not isinstance(
+                self.mini_batch_num_tokens, int) or self.mini_batch_num_tokens < 1):
+            raise ValueError(f"{self.name}: mini_batch_num_tokens must be a positive integer or None, "
+                             f"got {self.mini_batch_num_tokens!r}")
+
+    def grad_cache_mini_batch_num_tokens(self) -> Optional[int]:
+        return self.mini_batch_num_tokens
 
     def _row_chunk(self) -> Optional[int]:
         return self.mini_batch_size
@@ -199,6 +207,7 @@ class CachedMultipleNegativesRankingLoss(_Cached, MultipleNegativesRankingLoss):
     MultipleNegativesRankingLoss; no label."""
     name: ClassVar[str] = "CachedMultipleNegativesRankingLoss"
     mini_batch_size: int = 32
+    mini_batch_num_tokens: Optional[int] = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -210,6 +219,7 @@ class CachedMultipleNegativesSymmetricRankingLoss(_Cached, MultipleNegativesSymm
     """MultipleNegativesSymmetricRankingLoss trained with gradient caching (``mini_batch_size=32``)."""
     name: ClassVar[str] = "CachedMultipleNegativesSymmetricRankingLoss"
     mini_batch_size: int = 32
+    mini_batch_num_tokens: Optional[int] = None
 
     def __post_init__(self):
         super().__post_init__()

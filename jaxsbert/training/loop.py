@@ -113,6 +113,8 @@ def prepare(config: dict) -> Run:
                               max_segments=int(data_cfg["max_segments"]), row_multiple=jax.local_device_count(),
                               row_length_step=128 if jax.default_backend() == "tpu" else 8,
                               run_steps=int(config["max_steps"]) if int(config["max_steps"]) > 0 else None,
+                              chunk_rows={n: loss.grad_cache_chunk_rows for n, loss in losses.items()
+                                          if loss.grad_cache_mini_batch_size() is not None},
                               label_checks={n: (lambda labels, loss=loss: loss.check_label_values(labels, ""))
                                             for n, loss in losses.items()})
     total = int(config["max_steps"]) if int(config["max_steps"]) > 0 else loader.total_steps(int(config["epochs"]))
@@ -122,23 +124,15 @@ def prepare(config: dict) -> Run:
 
 
 def _packing(setting: Any, losses: dict) -> dict[str, bool]:
-    """Which datasets are packed: "auto" packs every dataset whose loss does not embed in chunks."""
+    """Which datasets are packed: "auto" packs every dataset."""
     if isinstance(setting, dict):
         unknown = sorted(set(setting) - set(losses))
         if unknown:
             raise ValueError(f"data.packing names unknown dataset(s) {unknown}; datasets: {sorted(losses)}")
-        packed = {name: bool(setting.get(name, False)) for name in losses}
-    elif setting == "auto":
-        packed = {name: loss.grad_cache_mini_batch_size() is None for name, loss in losses.items()}
-    elif isinstance(setting, bool):
-        packed = {name: setting for name in losses}
-    else:
-        raise ValueError(f"data.packing must be 'auto', True, False or {{dataset: bool}}; got {setting!r}")
-    for name, loss in losses.items():
-        if packed[name] and loss.grad_cache_mini_batch_size() is not None:
-            raise ValueError(f"data.packing: dataset {name!r} uses {loss.name}, which embeds in chunks and "
-                             "cannot be packed; set data.packing='auto' or False for it")
-    return packed
+        return {name: bool(setting.get(name, False)) for name in losses}
+    if setting == "auto" or isinstance(setting, bool):
+        return {name: setting is not False for name in losses}
+    raise ValueError(f"data.packing must be 'auto', True, False or {{dataset: bool}}; got {setting!r}")
 
 
 def _evaluate(run: Run, state, step: int, writer: MetricsWriter) -> dict[str, float]:

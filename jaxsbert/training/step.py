@@ -14,11 +14,13 @@ import optax
 
 
 def make_embed_fn(module, dropout: bool) -> Callable:
-    """embed_fn(params, features, rng) -> [B, D]; train-mode dropout when ``dropout``."""
+    """embed_fn(params, features, rng) -> [B, D]; train-mode dropout when ``dropout``. Its
+    ``max_segments`` is the model's sentences per packed row (for gradient caching on packed batches)."""
     def embed(params, features, rng):
         if dropout:
             return module.apply({"params": params}, features, deterministic=False, rngs={"dropout": rng})
         return module.apply({"params": params}, features, deterministic=True)
+    embed.max_segments = getattr(module, "max_segments", None)
     return embed
 
 
