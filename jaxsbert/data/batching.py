@@ -56,13 +56,10 @@ def longest(tokens: Tokens) -> int:
     return max((len(t) for column in tokens for t in column), default=1)
 
 
-def padded_rows(tokens: Tokens, length: int, share: int, pad_token_id: int = 0, at: np.ndarray | None = None
-                ) -> tuple[dict, ...]:
+def padded_rows(tokens: Tokens, at: np.ndarray, length: int, share: int, pad_token_id: int = 0) -> tuple[dict, ...]:
     """One ``{"input_ids", "attention_mask"}`` of ``[share, length]`` per column; row ``k`` of ``tokens``
-    at row ``at[k]`` (default ``k``), the other rows padding."""
+    at row ``at[k]`` (:func:`local_rows`), the other rows padding."""
     def placed(column):
-        if at is None:
-            return column
         out = [()] * share
         for k, t in zip(at, column):
             out[k] = t
@@ -75,15 +72,15 @@ def row_major(tokens: Tokens) -> list:
     return [t for row in zip(*tokens) for t in row]
 
 
-def pack_rows(tokens: Tokens, share: int, packed_rows: int, row_length: int, max_segments: int,
-              pad_token_id: int = 0, *, process_index: int = 0, at: np.ndarray | None = None) -> dict:
+def pack_rows(tokens: Tokens, at: np.ndarray, share: int, packed_rows: int, row_length: int, max_segments: int,
+              pad_token_id: int = 0, *, process_index: int = 0) -> dict:
     """This process's sentences packed (:mod:`jaxsbert.data.packing`) into ``packed_rows`` rows of
     ``row_length`` tokens::
 
         {"input_ids", "attention_mask" (segment ids), "position_ids": [packed_rows, row_length],
          "slots": int32 [share, columns]}   # slots index the global array of all processes
 
-    Row ``k`` of ``tokens`` is row ``at[k]`` (default ``k``) of the share.
+    Row ``k`` of ``tokens`` is row ``at[k]`` of the share (:func:`local_rows`).
     """
     from jaxsbert.data.packing import pack_token_ids
 
@@ -92,16 +89,15 @@ def pack_rows(tokens: Tokens, share: int, packed_rows: int, row_length: int, max
                               slot_offset=offset)
     n = len(tokens[0]) if tokens else 0
     slots = np.full((share, len(tokens)), offset, np.int32)   # padding rows: any valid slot (masked out)
-    slots[np.arange(n) if at is None else at] = features["slots"].reshape(n, len(tokens))
+    slots[at] = features["slots"].reshape(n, len(tokens))
     features["slots"] = slots
     return features
 
 
-def with_labels_and_mask(features, labels: np.ndarray | None, valid: np.ndarray, share: int,
-                         label_dtype: np.dtype, at: np.ndarray | None = None) -> dict:
+def with_labels_and_mask(features, labels: np.ndarray | None, valid: np.ndarray, at: np.ndarray, share: int,
+                         label_dtype: np.dtype) -> dict:
     """The batch dict: ``features``, the labels padded to ``share`` rows, and the validity mask (row ``k``
-    at row ``at[k]``, default ``k``)."""
-    at = np.arange(len(valid)) if at is None else at
+    at row ``at[k]``)."""
     out_labels = np.zeros(share, label_dtype)
     if labels is not None:
         out_labels[at] = labels
@@ -133,6 +129,6 @@ def make_batch(data: TokenizedDataset, rows: Sequence[int], batch_size: int, buc
     share = batch_size // process_count
     which, at = local_rows(len(rows), batch_size, process_index, process_count)
     mine = rows[which]
-    features = padded_rows(dataset_tokens(data, mine), length, share, pad_token_id, at)
+    features = padded_rows(dataset_tokens(data, mine), at, length, share, pad_token_id)
     labels = data.labels[mine] if data.labels is not None else None
-    return with_labels_and_mask(features, labels, np.ones(len(mine), bool), share, data.label_dtype, at)
+    return with_labels_and_mask(features, labels, np.ones(len(mine), bool), at, share, data.label_dtype)

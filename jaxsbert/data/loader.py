@@ -470,12 +470,12 @@ class DataLoader:
         name = local.name
         if name in self.pack_shapes:
             rows, length = self._packed_rows(name, need)
-            features = batching.pack_rows(local.tokens, self.share, rows, length, self.max_segments,
-                                          self.pad_token_id, process_index=self.process_index, at=local.at)
+            features = batching.pack_rows(local.tokens, local.at, self.share, rows, length, self.max_segments,
+                                          self.pad_token_id, process_index=self.process_index)
         else:
-            features = batching.padded_rows(local.tokens, self.buckets[need], self.share, self.pad_token_id, local.at)
-        return batching.with_labels_and_mask(features, local.labels, local.valid, self.share,
-                                             self.sources[name].label_dtype, local.at)
+            features = batching.padded_rows(local.tokens, local.at, self.buckets[need], self.share, self.pad_token_id)
+        return batching.with_labels_and_mask(features, local.labels, local.valid, local.at, self.share,
+                                             self.sources[name].label_dtype)
 
     def shape_positions(self, epoch: int = 0, sample: int = SHAPE_SAMPLE) -> list[Position]:
         """One position per distinct batch shape among each dataset's first batches of ``epoch`` (those

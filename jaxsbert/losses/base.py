@@ -124,6 +124,17 @@ def zero_padding(embeddings: Sequence[jax.Array], mask: jax.Array) -> tuple[jax.
 # Input checks
 # --------------------------------------------------------------------------------------------------
 
+def check_mini_batch(loss: str, mini_batch_size: Any, mini_batch_num_tokens: Any) -> None:
+    """The gradient-caching arguments of a loss: ``mini_batch_size`` a positive int, ``mini_batch_num_tokens``
+    a positive int or None."""
+    if not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+        raise ValueError(f"{loss}: mini_batch_size must be a positive integer, got {mini_batch_size!r}")
+    if mini_batch_num_tokens is not None and (isinstance(mini_batch_num_tokens, bool) or not isinstance(
+            mini_batch_num_tokens, int) or mini_batch_num_tokens < 1):
+        raise ValueError(f"{loss}: mini_batch_num_tokens must be a positive integer or None, "
+                         f"got {mini_batch_num_tokens!r}")
+
+
 def _where(source: str) -> str:
     return f"{source}: " if source else ""
 

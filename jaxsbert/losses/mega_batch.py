@@ -7,7 +7,7 @@ from typing import ClassVar, Optional
 import jax
 import jax.numpy as jnp
 
-from jaxsbert.losses.base import Loss, cos_sim, masked_mean
+from jaxsbert.losses.base import Loss, check_mini_batch, cos_sim, masked_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +30,7 @@ class MegaBatchMarginLoss(Loss):
     mini_batch_num_tokens: Optional[int] = None
 
     def __post_init__(self):
-        if not isinstance(self.mini_batch_size, int) or self.mini_batch_size < 1:
-            raise ValueError(f"{self.name}: mini_batch_size must be a positive integer, got {self.mini_batch_size!r}")
-        if self.mini_batch_num_tokens is not None and (isinstance(self.mini_batch_num_tokens, bool) or not isinstance(
-                self.mini_batch_num_tokens, int) or self.mini_batch_num_tokens < 1):
-            raise ValueError(f"{self.name}: mini_batch_num_tokens must be a positive integer or None, "
-                             f"got {self.mini_batch_num_tokens!r}")
+        check_mini_batch(self.name, self.mini_batch_size, self.mini_batch_num_tokens)
 
     def grad_cache_mini_batch_size(self) -> Optional[int]:
         return self.mini_batch_size if self.use_mini_batched_version else None

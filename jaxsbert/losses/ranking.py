@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxsbert.losses.base import Loss, masked_sum, normalize, similarity_name
+from jaxsbert.losses.base import Loss, check_mini_batch, masked_sum, normalize, similarity_name
 from jaxsbert.losses.gradcache import chunk_layout, split_chunks
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
@@ -182,12 +182,7 @@ class _Cached:
     mini_batch_num_tokens: Optional[int]
 
     def _check_mini_batch(self):
-        if not isinstance(self.mini_batch_size, int) or self.mini_batch_size < 1:
-            raise ValueError(f"{self.name}: mini_batch_size must be a positive integer, got {self.mini_batch_size!r}")
-        if self.mini_batch_num_tokens is not None and (isinstance(self.mini_batch_num_tokens, bool) or not isinstance(
-                self.mini_batch_num_tokens, int) or self.mini_batch_num_tokens < 1):
-            raise ValueError(f"{self.name}: mini_batch_num_tokens must be a positive integer or None, "
-                             f"got {self.mini_batch_num_tokens!r}")
+        check_mini_batch(self.name, self.mini_batch_size, self.mini_batch_num_tokens)
 
     def grad_cache_mini_batch_num_tokens(self) -> Optional[int]:
         return self.mini_batch_num_tokens
