@@ -94,34 +94,25 @@ def test_cached_symmetric_with_padding_rows(setup):
     _assert_trees_close(grads_c, grads)
 
 
-def test_cached_dropout_reuses_the_chunk_keys(setup):
-    """With dropout on, the re-run of each chunk uses the first pass's key: the cached gradients equal
-    autodiff through the same chunked forward (chunk k of column c keyed fold_in(fold_in(rng, c), k))."""
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_cached_dropout_draws_the_uncached_masks(setup, chunk):
+    """With dropout on, every chunk (both passes) draws the masks the uncached loss draws for the same
+    sentences (keyed by sentence, not by chunk): the cached value and gradients equal plain MNRL's with
+    the same key."""
     _, params, features = setup
-    config = _config(dropout=0.3)
-    embed_fn = _embed_fn(config)
+    embed_fn = _embed_fn(_config(dropout=0.3))
     rng = jax.random.PRNGKey(42)
-    chunk, n_chunks = 4, BATCH // 4
     loss = L.get_loss("CachedMultipleNegativesRankingLoss", mini_batch_size=chunk)
     value_c, (grads_c, _) = _value_and_grad(loss, embed_fn, params, features, None, rng)
-
-    from jaxsbert.losses.gradcache import merge_chunks, split_chunks
-
-    def reference(p):   # differentiable chunked forward with the documented keys
-        columns = []
-        for c, f in enumerate(features):
-            keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(rng, c), k) for k in range(n_chunks)])
-            chunks = {n: split_chunks(jnp.asarray(v), n_chunks) for n, v in f.items()}
-            columns.append(merge_chunks(jax.vmap(lambda x, key: embed_fn(p, x, key))(chunks, keys)))
-        return L.get_loss("MultipleNegativesRankingLoss")({}, columns)
-
-    value, grads = jax.jit(jax.value_and_grad(reference))(params)
+    plain = L.get_loss("MultipleNegativesRankingLoss")
+    value, (grads, _) = _value_and_grad(plain, embed_fn, params, features, None, rng)
     np.testing.assert_allclose(value_c, value, rtol=1e-5)
     # dropout masks make the two programs sum in different orders: entries near zero get an absolute bound
     _assert_trees_close(grads_c, grads, atol=1e-5)
-    # and dropout is really on: another key gives another loss
+    # and dropout is really on: another key gives another loss, and without dropout another value again
     value_other, _ = _value_and_grad(loss, embed_fn, params, features, None, jax.random.PRNGKey(7))
-    assert abs(float(value_other) - float(value_c)) > 1e-4
+    value_off, _ = _value_and_grad(plain, embed_fn, params, features, None, None)
+    assert abs(float(value_other) - float(value_c)) > 1e-4 and abs(float(value_off) - float(value_c)) > 1e-4
 
 
 def test_chunk_layout_spans_the_batch():
@@ -138,3 +129,27 @@ def test_batch_not_divisible_is_an_error(setup):
     loss = L.get_loss("CachedMultipleNegativesRankingLoss", mini_batch_size=3)
     with pytest.raises(ValueError, match="batch size 8 is not a multiple of mini_batch_size 3"):
         loss.value_and_grad(_embed_fn(config), params, {}, features[:2])
+
+
+@pytest.mark.parametrize("options", [{}, {"directions": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")},
+                                     {"hardness_mode": "all_negatives", "hardness_strength": 5.0}])
+def test_large_batches_compute_the_logits_in_blocks(monkeypatch, options):
+    """A batch whose [B, B * n] logits exceed LOGIT_BLOCK is computed in blocks of anchors (here 2 of 8
+    rows at a time): the same value and embedding gradients as in one block, hard negatives and padding
+    rows included."""
+    import jaxsbert.losses.ranking as ranking
+
+    rng = np.random.default_rng(3)
+    emb = tuple(jnp.asarray(rng.normal(size=(BATCH, 16)), jnp.float32) for _ in range(3))
+    mask = jnp.asarray([True] * 7 + [False])
+    loss = L.get_loss("MultipleNegativesRankingLoss", **options)
+    f = lambda e: loss({}, e, None, mask)
+    value, grads = jax.value_and_grad(f)(emb)
+    calls = []
+    original = ranking._row_losses
+    monkeypatch.setattr(ranking, "_row_losses", lambda rows, *a, **k: calls.append(rows.shape) or original(rows, *a, **k))
+    monkeypatch.setattr(ranking, "LOGIT_BLOCK", 2 * BATCH * 2)       # 2 anchors x 16 candidates
+    value_b, grads_b = jax.value_and_grad(f)(emb)
+    assert calls and all(shape == (2,) for shape in calls)
+    np.testing.assert_allclose(value_b, value, rtol=1e-6)
+    _assert_trees_close(grads_b, grads, rtol=1e-5, atol=1e-7)

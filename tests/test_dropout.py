@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsbert.models.dropout import Dropout, drop_threshold, random_bits
+from jaxsbert.models.dropout import Dropout, TokenIds, drop_threshold, random_bits, token_bits, token_ids
 
 
 def _apply(rate, x, seed, deterministic=False):
@@ -63,3 +63,63 @@ def test_gradient_is_the_mask_times_the_scale():
 def test_drop_threshold_is_the_rate_in_units_of_2_to_the_32():
     assert drop_threshold(0.1) == 429496730 and abs(drop_threshold(0.1) / 2 ** 32 - 0.1) < 1.2e-10
     assert drop_threshold(0.0) == 0
+
+
+# ------------------------------------------------------------------ masks keyed by token (inside encoders)
+
+def _tokens(rows, length, offset=0):
+    sentence = jnp.broadcast_to(jnp.arange(rows)[:, None] + offset, (rows, length))
+    position = jnp.broadcast_to(jnp.arange(length)[None], (rows, length))
+    return TokenIds(sentence, position)
+
+
+@pytest.mark.parametrize("shape", [(64, 48, 384), (16, 12, 48, 48)])
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_token_masks_drop_rate_and_independence(shape, rate):
+    """Token-keyed masks of hidden features [rows, L, H] and attention probabilities [rows, heads, L, L]:
+    drop rate within 5 standard errors, survivors scaled by 1 / (1 - rate), and no correlation between
+    neighbouring features, positions, sentences (rows) or heads."""
+    tokens = _tokens(shape[0], shape[-2] if len(shape) == 4 else shape[1])
+    x = jnp.ones(shape, jnp.float32)
+    y = np.asarray(Dropout(rate).apply({}, x, False, tokens, rngs={"dropout": jax.random.PRNGKey(3)}))
+    dropped = np.mean(y == 0)
+    assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / y.size), (dropped, rate)
+    np.testing.assert_allclose(np.unique(y[y != 0]), [1 / (1 - rate)], rtol=1e-6)
+    keep = (y != 0).astype(float)
+    for axis in range(len(shape)):
+        a, b = np.take(keep, np.arange(1, shape[axis]), axis), np.take(keep, np.arange(shape[axis] - 1), axis)
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(a.size), axis
+
+
+def test_token_masks_follow_the_token_not_its_row():
+    """A sentence's mask is the same wherever its tokens sit (another row, another offset in a packed
+    row, another row length), and differs between sentences, positions and keys."""
+    key = jax.random.PRNGKey(11)
+    rows, length, hidden, heads = 6, 10, 32, 4
+    tokens = _tokens(rows, length, offset=100)
+    hid = np.asarray(token_bits(key, tokens, (rows, length, hidden)))
+    att = np.asarray(token_bits(key, tokens, (rows, heads, length, length)))
+    # the same six sentences packed: sentence 100 + r in row r // 2 at offset (r % 2) * 12 of 24-token rows
+    sentence = np.zeros((3, 24), np.int32)
+    position = np.zeros((3, 24), np.int32)
+    for r in range(rows):
+        sentence[r // 2, (r % 2) * 12:(r % 2) * 12 + length] = 100 + r
+        position[r // 2, (r % 2) * 12:(r % 2) * 12 + length] = np.arange(length)
+    packed = TokenIds(jnp.asarray(sentence), jnp.asarray(position))
+    hid_p = np.asarray(token_bits(key, packed, (3, 24, hidden)))
+    att_p = np.asarray(token_bits(key, packed, (3, heads, 24, 24)))
+    for r in range(rows):
+        cols = slice((r % 2) * 12, (r % 2) * 12 + length)
+        np.testing.assert_array_equal(hid_p[r // 2, cols], hid[r])
+        np.testing.assert_array_equal(att_p[r // 2, :, cols, cols], att[r])
+    assert len(np.unique(hid)) > 0.999 * hid.size and len(np.unique(att)) > 0.999 * att.size
+    assert not np.array_equal(token_bits(jax.random.PRNGKey(12), tokens, (rows, length, hidden)), hid)
+
+
+def test_token_ids_defaults_number_each_segment():
+    """Without sentence ids each (row, segment) is its own sentence; positions default to the column."""
+    mask = jnp.asarray([[1, 1, 2, 2, 0], [1, 1, 1, 0, 0]])
+    ids = token_ids(mask)
+    assert len({int(ids.sentence[r, c]) for r, c in [(0, 0), (0, 2), (1, 0)]}) == 3
+    assert int(ids.sentence[0, 0]) == int(ids.sentence[0, 1]) and int(ids.sentence[0, 2]) == int(ids.sentence[0, 3])
+    np.testing.assert_array_equal(ids.position, np.broadcast_to(np.arange(5), (2, 5)))

@@ -52,29 +52,36 @@ def test_packed_embeddings_equal_padded(modes):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_packed_loss_and_gradients_equal_padded():
-    """MNRL with a hard negative: value and parameter gradients of a packed batch equal the padded batch's."""
-    config = tiny_config()
+@pytest.mark.parametrize("dropout", [False, True])
+def test_packed_loss_and_gradients_equal_padded(dropout):
+    """MNRL with a hard negative: value and parameter gradients of a packed batch equal the padded batch's,
+    with dropout too (the masks are keyed by each token's sentence and position, not by its row)."""
+    config = tiny_config(dropout=0.3)
     rng = np.random.default_rng(1)
     b = 8
     columns = [_sentences(rng, b) for _ in range(3)]
     model = SentenceModel(config, max_segments=8)
-    embed_fn = make_embed_fn(model, dropout=False)
+    embed_fn = make_embed_fn(model, dropout=dropout)
+    key = jax.random.PRNGKey(5) if dropout else None
     padded = tuple(pad_token_ids(c, 32, b) for c in columns)
     params = model.init(jax.random.PRNGKey(0), padded[0])["params"]
     mask = np.array([True] * 6 + [False] * 2)
     loss = get_loss("MultipleNegativesRankingLoss")
-    value, (grads, _) = jax.jit(lambda p: loss.value_and_grad(embed_fn, p, {}, padded, None, mask))(params)
+    value, (grads, _) = jax.jit(lambda p: loss.value_and_grad(embed_fn, p, {}, padded, None, mask, key))(params)
 
     flat = [s for row in zip(*columns) for s in row]           # row-major: sentence (b, c) at b * 3 + c
-    packed = pack_token_ids(flat, rows=10, row_length=48, max_segments=8)
+    packed = pack_token_ids(flat, rows=10, row_length=48, max_segments=8, sentence_ids=np.arange(3 * b))
     packed["slots"] = packed["slots"].reshape(b, 3)
-    value_p, (grads_p, _) = jax.jit(lambda p: loss.value_and_grad(embed_fn, p, {}, packed, None, mask))(params)
+    value_p, (grads_p, _) = jax.jit(lambda p: loss.value_and_grad(embed_fn, p, {}, packed, None, mask, key))(params)
+    if dropout:     # dropout is on: the value moved
+        value_off, _ = jax.jit(lambda p: loss.value_and_grad(embed_fn, p, {}, padded, None, mask))(params)
+        assert abs(float(value_off) - float(value)) > 1e-3
     np.testing.assert_allclose(value_p, value, rtol=1e-5)
     for x, y in zip(jax.tree_util.tree_leaves(grads_p), jax.tree_util.tree_leaves(grads)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("dropout", [False, True])
 @pytest.mark.parametrize("name, options, rows", [
     ("CachedMultipleNegativesRankingLoss", {"mini_batch_size": 4}, 12),              # 3 chunks of 4 rows
     ("CachedMultipleNegativesRankingLoss", {"mini_batch_num_tokens": 150}, 12),      # 150 // 48 = 3 rows
@@ -84,15 +91,17 @@ def test_packed_loss_and_gradients_equal_padded():
     ("MatryoshkaLoss", {"loss": "CachedMultipleNegativesRankingLoss", "matryoshka_dims": [32, 16],
                         "mini_batch_size": 6}, 12),
 ])
-def test_cached_losses_on_packed_batches_equal_the_uncached_loss(name, options, rows):
+def test_cached_losses_on_packed_batches_equal_the_uncached_loss(name, options, rows, dropout):
     """GradCache over packed chunks: the value and gradients of a cached loss on a packed batch equal
-    those of the same loss uncached (on the packed batch, and on the padded batch)."""
-    config = tiny_config()
+    those of the same loss uncached (on the packed batch, and on the padded batch), with dropout too:
+    every chunk draws the masks the uncached loss draws for its sentences."""
+    config = tiny_config(dropout=0.2)
     rng = np.random.default_rng(2)
     b = 10
     columns = [_sentences(rng, b) for _ in range(2)]
     model = SentenceModel(config, max_segments=4)
-    embed_fn = make_embed_fn(model, dropout=False)
+    embed_fn = make_embed_fn(model, dropout=dropout)
+    key = jax.random.PRNGKey(9) if dropout else None
     padded = tuple(pad_token_ids(c, 32, b) for c in columns)
     params = model.init(jax.random.PRNGKey(0), padded[0])["params"]
     mask = np.array([True] * 9 + [False])
@@ -107,11 +116,11 @@ def test_cached_losses_on_packed_batches_equal_the_uncached_loss(name, options, 
         cached, plain = get_loss(name, **options), get_loss(name.replace("Cached", ""))
     assert cached.grad_cache_mini_batch_size() is not None and plain.grad_cache_mini_batch_size() is None
     flat = [s for row in zip(*columns) for s in row]
-    packed = pack_token_ids(flat, rows=rows, row_length=48, max_segments=4)
+    packed = pack_token_ids(flat, rows=rows, row_length=48, max_segments=4, sentence_ids=np.arange(2 * b))
     packed["slots"] = packed["slots"].reshape(b, 2)
 
     def run(loss, features):
-        return jax.jit(lambda p: loss.value_and_grad(embed_fn, p, {}, features, None, mask))(params)
+        return jax.jit(lambda p: loss.value_and_grad(embed_fn, p, {}, features, None, mask, key))(params)
 
     value, (grads, _) = run(cached, packed)
     for features in (packed, padded):

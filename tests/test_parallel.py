@@ -1,6 +1,7 @@
 """Scale-out: data/FSDP-parallel training on 8 simulated CPU devices and a real 2-process job (gloo)
-give the same losses, gradients and parameters as one device / one process (within 1e-5), so in-batch
-negatives are global; a checkpoint written by 2 processes restores (and resumes) in 1 process.
+give the same losses, gradients and parameters as one device / one process, and packed as unpacked
+(within 1e-5), with dropout on (the masks are keyed by sentence, not by device, process or packed row),
+so in-batch negatives are global; a checkpoint written by 2 processes restores (and resumes) in 1 process.
 
 Device counts are fixed when JAX starts, so every run is a subprocess (tests/parallel_worker.py)
 with XLA_FLAGS=--xla_force_host_platform_device_count=N that writes its results to an .npz.
@@ -64,7 +65,7 @@ def _config(setup, train: dict, loss: dict, mesh: dict, **over) -> dict:
         "name": "parallel", "model": setup["model"], "seed": 7,
         "data": {"train": {name: {"source": setup[source]} for name, source in train.items()}, "eval": {},
                  "multi_dataset_sampler": "round_robin"},
-        "loss": loss, "batch_size": BATCH, "epochs": 1, "dropout": False,
+        "loss": loss, "batch_size": BATCH, "epochs": 1, "dropout": True,     # the tiny model's rates: 0.1
         # A parameter whose true gradient is exactly zero (attention key biases: softmax is shift invariant;
         # with TripletLoss also the last LayerNorm bias: distances are shift invariant) gets float rounding
         # noise as its gradient, and Adam divides it by its own magnitude (+ eps): with lr=1e-3, eps=1e-8
@@ -154,16 +155,20 @@ LOSSES = {
 MESHES = {"data8": {"data": 8, "fsdp": 1}, "data4_fsdp2": {"data": 4, "fsdp": 2}}
 
 
-def _loss_run(setup, name: str, mesh: dict) -> dict:
-    return {"name": name, "workdir": str(setup["root"] / "losses" / name),
-            "config": _config(setup, {n: data for n, (data, _) in LOSSES.items()},
-                              {n: loss for n, (_, loss) in LOSSES.items()}, mesh)}
+def _loss_run(setup, name: str, mesh: dict, packing=None) -> dict:
+    config = _config(setup, {n: data for n, (data, _) in LOSSES.items()},
+                     {n: loss for n, (_, loss) in LOSSES.items()}, mesh)
+    if packing is not None:
+        config["data"]["packing"] = packing
+    return {"name": name, "workdir": str(setup["root"] / "losses" / name), "config": config}
 
 
 def _loss_specs(setup) -> list[tuple[str, int]]:
-    """The single-device reference and both 8-device meshes (one worker each for 1 and 8 devices)."""
+    """The single-device reference (packed, as "auto" packs every dataset; and unpacked) and both 8-device
+    meshes (one worker each for 1 and 8 devices)."""
     root = setup["root"] / "losses"
-    single = {"runs": [_loss_run(setup, "single", {"data": 1, "fsdp": 1})],
+    single = {"runs": [_loss_run(setup, "single", {"data": 1, "fsdp": 1}),
+                       _loss_run(setup, "unpacked", {"data": 1, "fsdp": 1}, packing=False)],
               "exported": [{"name": "init", "path": setup["model"]}], "out": str(root / "single")}
     multi = {"runs": [_loss_run(setup, name, mesh) for name, mesh in MESHES.items()], "out": str(root / "multi")}
     return [(_write_spec(root / "single.json", single), 1), (_write_spec(root / "multi.json", multi), 8)]
@@ -205,6 +210,18 @@ def test_eight_devices_match_one_device(runs, mesh):
     trained = _tree(ref, "single/state['params']")
     assert _max_diff(trained, _tree(ref, "init/params")) > 30 * TOL
     assert any(k.startswith("['heads']['softmax']") for k in state)   # the SoftmaxLoss head is compared too
+
+
+def test_unpacked_matches_packed(runs):
+    """Packing off (padded rows in length buckets) vs on (several sentences per row), dropout on: the same
+    losses and parameters."""
+    ref = runs["single"]
+    steps = 5 * len(LOSSES)
+    assert int(ref["unpacked/steps"]) == steps
+    loss_diff = np.abs(ref["unpacked/loss"] - ref["single/loss"]).max()
+    param_diff = _max_diff(_tree(ref, "unpacked/state"), _tree(ref, "single/state"))
+    print(f"\nunpacked vs packed: max |loss diff| {loss_diff:.2e}, max |param diff| {param_diff:.2e}")
+    assert loss_diff <= TOL and param_diff <= TOL
 
 
 # ------------------------------------------------------------ 2 processes x 2 devices vs 1 process x 4 devices

@@ -77,16 +77,18 @@ def pack_rows(tokens: Tokens, at: np.ndarray, share: int, packed_rows: int, row_
     """This process's sentences packed (:mod:`jaxsbert.data.packing`) into ``packed_rows`` rows of
     ``row_length`` tokens::
 
-        {"input_ids", "attention_mask" (segment ids), "position_ids": [packed_rows, row_length],
+        {"input_ids", "attention_mask" (segment ids), "position_ids", "sentence_ids": [packed_rows, row_length],
          "slots": int32 [share, columns]}   # slots index the global array of all processes
 
-    Row ``k`` of ``tokens`` is row ``at[k]`` of the share (:func:`local_rows`).
+    Row ``k`` of ``tokens`` is row ``at[k]`` of the share (:func:`local_rows`), so row
+    ``process_index * share + at[k]`` of the global batch (its ``sentence_ids``, :func:`packing.sentence_index`).
     """
-    from jaxsbert.data.packing import pack_token_ids
+    from jaxsbert.data.packing import pack_token_ids, sentence_index
 
     offset = process_index * packed_rows * max_segments
+    ids = sentence_index(process_index * share + np.asarray(at, np.int64), len(tokens)).reshape(-1)
     features = pack_token_ids(row_major(tokens), packed_rows, row_length, max_segments, pad_token_id,
-                              slot_offset=offset)
+                              slot_offset=offset, sentence_ids=ids)
     n = len(tokens[0]) if tokens else 0
     slots = np.full((share, len(tokens)), offset, np.int32)   # padding rows: any valid slot (masked out)
     slots[at] = features["slots"].reshape(n, len(tokens))

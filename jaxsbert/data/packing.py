@@ -9,9 +9,13 @@ sentence, and pooling is done per segment. The result equals the unpacked forwar
 A packed feature dict::
 
     {"input_ids": int32 [R, L], "attention_mask": int32 [R, L] (segment ids), "position_ids": int32 [R, L],
-     "slots": int32 [...]}   # sentence i's pooled embedding is slot slots[i] = row * max_segments + segment - 1
+     "slots": int32 [...],   # sentence i's pooled embedding is slot slots[i] = row * max_segments + segment - 1
+     "sentence_ids": int32 [R, L]}   # training batches: each token's sentence in the global batch
 
-The model returns one embedding per entry of ``slots`` (same shape + [D]).
+The model returns one embedding per entry of ``slots`` (same shape + [D]). ``sentence_ids`` number
+sentence (b, c) of a global batch (row b, input column c of C) ``b * C + c`` (:func:`sentence_index`), as
+an unpacked batch's rows are numbered: the dropout masks are keyed by it, so they do not depend on the
+packing (:mod:`jaxsbert.models.dropout`).
 """
 from __future__ import annotations
 
@@ -21,6 +25,12 @@ import numpy as np
 
 DEFAULT_ROW_LENGTH = 128
 DEFAULT_MAX_SEGMENTS = 32
+
+
+def sentence_index(rows, columns: int):
+    """The index of sentence (row b, column c) of a global batch: ``b * columns + c``, as ``[len(rows), columns]``
+    (numpy or jax arrays alike)."""
+    return rows[:, None] * columns + np.arange(columns)[None]
 
 
 def is_packed(features) -> bool:
@@ -86,11 +96,13 @@ def rows_needed(lengths: Sequence[int], row_length: int, max_segments: int) -> i
 
 
 def pack_token_ids(token_ids: Sequence[Sequence[int]], rows: int, row_length: int,
-                   max_segments: int = DEFAULT_MAX_SEGMENTS, pad_id: int = 0, slot_offset: int = 0) -> dict:
+                   max_segments: int = DEFAULT_MAX_SEGMENTS, pad_id: int = 0, slot_offset: int = 0,
+                   sentence_ids: Sequence[int] | None = None) -> dict:
     """Packs sentences into a ``[rows, row_length]`` feature dict (see the module docstring).
 
     ``slots`` has one entry per sentence, in input order, plus ``slot_offset`` (a process's first
-    slot in a global array). Raises ValueError if the sentences need more than ``rows`` rows.
+    slot in a global array); ``sentence_ids`` (one per sentence), when given, are written to each of the
+    sentence's tokens (0 on padding). Raises ValueError if the sentences need more than ``rows`` rows.
     """
     lengths = [len(t) for t in token_ids]
     row, segment, used = assign_rows(lengths, row_length, max_segments)
@@ -100,6 +112,7 @@ def pack_token_ids(token_ids: Sequence[Sequence[int]], rows: int, row_length: in
     input_ids = np.full((rows, row_length), pad_id, np.int32)
     segment_ids = np.zeros((rows, row_length), np.int32)
     position_ids = np.zeros((rows, row_length), np.int32)
+    token_sentences = np.zeros((rows, row_length), np.int32)
     fill = np.zeros(rows, np.int64)
     for i in np.lexsort((segment, row)):        # row by row, segments in order
         r, n = row[i], lengths[i]
@@ -107,6 +120,11 @@ def pack_token_ids(token_ids: Sequence[Sequence[int]], rows: int, row_length: in
         input_ids[r, start:start + n] = token_ids[i]
         segment_ids[r, start:start + n] = segment[i] + 1
         position_ids[r, start:start + n] = np.arange(n)
+        if sentence_ids is not None:
+            token_sentences[r, start:start + n] = sentence_ids[i]
         fill[r] += n
     slots = (row * max_segments + segment + slot_offset).astype(np.int32)
-    return {"input_ids": input_ids, "attention_mask": segment_ids, "position_ids": position_ids, "slots": slots}
+    out = {"input_ids": input_ids, "attention_mask": segment_ids, "position_ids": position_ids, "slots": slots}
+    if sentence_ids is not None:
+        out["sentence_ids"] = token_sentences
+    return out

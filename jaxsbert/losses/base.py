@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsbert.data.packing import is_packed
+from jaxsbert.data.packing import is_packed, sentence_index
 
 EmbedFn = Callable[[Any, dict, Optional[jax.Array]], jax.Array]
 """``embed_fn(params, features, rng) -> [b, D]``: the model's forward pass on one column's features."""
@@ -181,8 +181,19 @@ def check_labels_range(loss: str, labels: np.ndarray, low: float, high: float, s
 # The interface
 # --------------------------------------------------------------------------------------------------
 
-def _column_rng(rng: jax.Array | None, column: int) -> jax.Array | None:
-    return None if rng is None else jax.random.fold_in(rng, column)
+def with_sentence_ids(features: Sequence[dict]) -> tuple[dict, ...]:
+    """Unpacked columns with ``sentence_ids`` (each token's sentence in the global batch, the key of its
+    dropout masks): row b of column c of C is sentence ``b * C + c`` (:func:`jaxsbert.data.packing.sentence_index`).
+    Columns that carry them already keep theirs."""
+    features = tuple(features)
+    out = []
+    for c, f in enumerate(features):
+        if "sentence_ids" not in f:
+            shape = jnp.shape(f["input_ids"])
+            ids = sentence_index(jnp.arange(shape[0], dtype=jnp.int32), len(features))[:, c]
+            f = {**f, "sentence_ids": jnp.broadcast_to(ids[:, None], shape).astype(jnp.int32)}
+        out.append(f)
+    return tuple(out)
 
 
 def group_columns(features: Sequence[dict]) -> list[list[int]]:
@@ -197,14 +208,15 @@ def group_columns(features: Sequence[dict]) -> list[list[int]]:
 
 def embed_columns(embed_fn: EmbedFn, params: Any, features: Sequence[dict], rng: jax.Array | None) -> tuple:
     """Each column's embeddings. Columns with the same feature shapes go through the encoder as one
-    concatenated batch (rows column-major), keyed ``fold_in(rng, first column of the group)``."""
+    concatenated batch (rows column-major). Every call gets ``rng``: the columns' dropout masks differ
+    by their tokens' ``sentence_ids`` (:func:`with_sentence_ids`), not by their keys."""
     out: list = [None] * len(features)
     for columns in group_columns(features):
         if len(columns) == 1:
-            out[columns[0]] = embed_fn(params, features[columns[0]], _column_rng(rng, columns[0]))
+            out[columns[0]] = embed_fn(params, features[columns[0]], rng)
             continue
         merged = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *[features[c] for c in columns])
-        emb = embed_fn(params, merged, _column_rng(rng, columns[0]))
+        emb = embed_fn(params, merged, rng)
         for i, part in enumerate(jnp.split(emb, len(columns), axis=0)):
             out[columns[i]] = part
     return tuple(out)
@@ -308,9 +320,12 @@ class Loss:
         """Loss and gradients wrt the model and head parameters for one batch.
 
         ``features``: one feature dict per input column (arrays with leading axis B), or one packed
-        feature dict whose ``slots`` are [B, columns] (:mod:`jaxsbert.data.packing`). Column ``c``
-        is embedded as ``embed_fn(params, features[c], fold_in(rng, c))`` (``rng=None`` passes None);
-        columns with identical feature shapes are embedded in one call (see :func:`embed_columns`).
+        feature dict whose ``slots`` are [B, columns] (:mod:`jaxsbert.data.packing`). Every column is
+        embedded as ``embed_fn(params, features[c], rng)`` (``rng=None``: no dropout); columns with identical
+        feature shapes are embedded in one call (see :func:`embed_columns`). The dropout masks are keyed by
+        each token's sentence in the global batch (``sentence_ids``: added to unpacked columns without them,
+        :func:`with_sentence_ids`; packed batches carry theirs), so padded or packed, chunked or not, a
+        batch draws the same masks.
         Returns ``(loss, (param_grads, head_grads))``. Losses that cache gradients
         (``grad_cache_mini_batch_size()`` not None) embed and back-propagate in chunks instead,
         with the same result (see :mod:`jaxsbert.losses.gradcache`).
@@ -328,7 +343,7 @@ class Loss:
                 return self(h, tuple(emb[:, c] for c in range(emb.shape[1])), labels, mask)
 
             return jax.value_and_grad(total_packed, argnums=(0, 1))(params, head_params)
-        features = tuple(features)
+        features = tuple(features) if rng is None else with_sentence_ids(features)
         chunk = self.grad_cache_mini_batch_size()
         if chunk is not None:
             from jaxsbert.losses.gradcache import grad_cache_value_and_grad, largest_divisor

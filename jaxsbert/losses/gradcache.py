@@ -9,9 +9,10 @@ activation memory of one mini-batch.
    gradient back to the parameters, summing over chunks (``lax.scan``: one chunk's activations
    alive at a time).
 
-Both passes give chunk ``k`` of column ``c`` the dropout key ``fold_in(fold_in(rng, c), k)``, so
-the re-run reproduces the first pass exactly and the parameter gradients equal those of the
-un-chunked loss (with the same dropout masks).
+Both passes give every chunk the step's dropout key: the masks are keyed by each token's sentence in
+the global batch (``sentence_ids``, :mod:`jaxsbert.models.dropout`), not by the chunk, so the re-run
+reproduces the first pass exactly and the parameter gradients equal those of the un-chunked loss with
+the same dropout masks.
 
 Chunk ``k`` holds rows ``k, k + n, k + 2n, ...`` (``n`` = number of chunks): a batch sharded over
 devices along its first axis is reshaped to ``[chunk, n, ...]`` and every chunk spans every device,
@@ -29,7 +30,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxsbert.losses.base import EmbedFn, _column_rng, group_columns
+from jaxsbert.losses.base import EmbedFn, group_columns
 
 
 def chunk_layout(batch_size: int, mini_batch_size: int, loss: str = "loss") -> tuple[int, int]:
@@ -72,14 +73,13 @@ def grad_cache_value_and_grad(loss_fn: Callable[[tuple, Any], jax.Array], embed_
     embeddings are ``embed_fn(params, features[c], .)``, computed in chunks of ``mini_batch_size`` rows.
 
     Columns whose features have the same shapes share one ``lax.map`` / ``lax.scan`` (one copy of
-    the encoder in the compiled program); every (column, chunk) still gets its own dropout key."""
+    the encoder in the compiled program); every chunk gets ``rng`` (its tokens' ``sentence_ids`` key the masks)."""
     features = tuple(features)
     batch = _batch_size(features[0])
     for c, f in enumerate(features[1:], 1):
         if _batch_size(f) != batch:
             raise ValueError(f"{name}: column {c} has {_batch_size(f)} rows, column 0 has {batch}")
     _, n_chunks = chunk_layout(batch, mini_batch_size, name)
-    ids = jnp.arange(n_chunks)
 
     def stack(columns, arrays):   # per-column [B, ...] -> [len(columns) * n_chunks, chunk, ...]
         out = jnp.stack([split_chunks(a, n_chunks) for a in arrays])
@@ -88,14 +88,12 @@ def grad_cache_value_and_grad(loss_fn: Callable[[tuple, Any], jax.Array], embed_
     groups = []
     for columns in group_columns(features):
         xs = jax.tree_util.tree_map(lambda *a, cols=columns: stack(cols, a), *[features[c] for c in columns])
-        keys = None if rng is None else jnp.concatenate(
-            [jax.vmap(jax.random.fold_in, (None, 0))(_column_rng(rng, c), ids) for c in columns])
-        groups.append((columns, xs, keys))
+        groups.append((columns, xs))
 
     # Pass 1: embeddings without activations.
     embeddings = [None] * len(features)
-    for columns, xs, keys in groups:
-        out = jax.lax.map(lambda a: embed_fn(params, a[0], a[1]), (xs, keys))
+    for columns, xs in groups:
+        out = jax.lax.map(lambda f_k: embed_fn(params, f_k, rng), xs)
         out = jax.lax.stop_gradient(out).reshape(len(columns), n_chunks, *out.shape[1:])
         for i, c in enumerate(columns):
             embeddings[c] = merge_chunks(out[i])
@@ -105,15 +103,15 @@ def grad_cache_value_and_grad(loss_fn: Callable[[tuple, Any], jax.Array], embed_
 
     # Pass 3: back-propagate each chunk's cached embedding gradient through the encoder.
     def body(acc, a):
-        f_k, r_k, g_k = a
-        _, pullback = jax.vjp(lambda p: embed_fn(p, f_k, r_k), params)
+        f_k, g_k = a
+        _, pullback = jax.vjp(lambda p: embed_fn(p, f_k, rng), params)
         (g_params,) = pullback(g_k)
         return jax.tree_util.tree_map(jnp.add, acc, g_params), None
 
     grads = jax.tree_util.tree_map(jnp.zeros_like, params)
-    for columns, xs, keys in groups:
+    for columns, xs in groups:
         g = stack(columns, [emb_grads[c] for c in columns])
-        grads, _ = jax.lax.scan(body, grads, (xs, keys, g))
+        grads, _ = jax.lax.scan(body, grads, (xs, g))
     return loss, (grads, head_grads)
 
 

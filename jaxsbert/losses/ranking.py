@@ -26,11 +26,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxsbert.losses.base import Loss, check_mini_batch, masked_sum, normalize, similarity_name
-from jaxsbert.losses.gradcache import chunk_layout, split_chunks
+from jaxsbert.losses.gradcache import chunk_layout, largest_divisor, split_chunks
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 PARTITION_MODES = ("joint", "per_direction")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
+LOGIT_BLOCK = 2 ** 24      # logits per block of anchors (64 MiB in float32) when a batch's would be more
 
 
 def _row_losses(rows: jax.Array, queries: jax.Array, docs: tuple[jax.Array, ...], docs_all: jax.Array,
@@ -84,7 +85,10 @@ def multiple_negatives_ranking_loss(embeddings: Sequence[jax.Array], mask: jax.A
     """MultipleNegativesRankingLoss on (anchor, positive, *negatives) embeddings [B, D] each.
 
     ``row_chunk``: compute the loss ``row_chunk`` anchors at a time (rematerialised in the backward
-    pass), so the [B, B * n] logits never exist at once; same value and gradient.
+    pass), so the [B, B * n] logits never exist at once; same value and gradient. Without one, batches
+    whose logits would exceed ``LOGIT_BLOCK`` elements are chunked so that each block of logits fits it
+    (the largest divisor of B that does): the loss's memory grows linearly with the global batch, not
+    quadratically, hard negatives included.
     """
     embeddings = tuple(embeddings)
     batch = embeddings[0].shape[0]
@@ -99,6 +103,8 @@ def multiple_negatives_ranking_loss(embeddings: Sequence[jax.Array], mask: jax.A
     def chunk_total(rows):
         return jnp.sum(_row_losses(rows, queries, docs, docs_all, valid, **kwargs))
 
+    if row_chunk is None and batch * docs_all.shape[0] > LOGIT_BLOCK:
+        row_chunk = largest_divisor(batch, max(1, LOGIT_BLOCK // docs_all.shape[0]))
     if row_chunk is None or row_chunk >= batch or batch % row_chunk:
         total = chunk_total(jnp.arange(batch))
     else:
@@ -176,8 +182,8 @@ class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
 class _Cached:
     """Mixin: GradCache training (see :mod:`jaxsbert.losses.gradcache`) with ``mini_batch_size`` rows
     per chunk, for the encoder passes and for the loss itself. The (global) batch size must be a
-    multiple of ``mini_batch_size`` (or at most it). Chunk k of column c gets the dropout key
-    ``fold_in(fold_in(rng, c), k)``."""
+    multiple of ``mini_batch_size`` (or at most it). The chunks draw the dropout masks of the uncached
+    loss (keyed by sentence, not by chunk)."""
     mini_batch_size: int
     mini_batch_num_tokens: Optional[int]
 

@@ -44,7 +44,7 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
+    def __call__(self, x, bias, deterministic: bool, tokens=None):
         heads = self.num_heads
         head_dim = self.hidden_size // heads
         if head_dim * heads != self.hidden_size:
@@ -56,7 +56,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = project(self.query), project(self.key), project(self.value)
         # batched matmuls with heads as a batch axis: XLA lays these out better than a 4-index einsum
         probs = attention_probs(q, k, bias)
-        probs = Dropout(self.dropout_rate)(probs, deterministic=deterministic).astype(self.dtype)
+        probs = Dropout(self.dropout_rate)(probs, deterministic, tokens).astype(self.dtype)
         out = merge_heads(jnp.matmul(probs, v))
         if self.out is not None:
             out = nn.Dense(self.hidden_size, dtype=self.dtype, name=self.out)(out)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsbert.models.attention import attention_probs, heads_first, merge_heads
-from jaxsbert.models.dropout import Dropout
+from jaxsbert.models.dropout import Dropout, token_ids
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -72,12 +72,12 @@ class SelfAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
+    def __call__(self, x, bias, deterministic: bool, tokens=None):
         c = self.config
         dense = lambda name: heads_first(nn.Dense(c.hidden_size, dtype=self.dtype, name=name)(x), c.num_attention_heads)
         q, k, v = dense("query"), dense("key"), dense("value")
         probs = attention_probs(q, k, bias)
-        probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic).astype(self.dtype)
+        probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic, tokens).astype(self.dtype)
         return merge_heads(jnp.matmul(probs, v))
 
 
@@ -87,10 +87,10 @@ class DenseResidualNorm(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, residual, deterministic: bool):
+    def __call__(self, x, residual, deterministic: bool, tokens=None):
         c = self.config
         x = nn.Dense(c.hidden_size, dtype=self.dtype, name="dense")(x)
-        x = Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(c.hidden_dropout_prob)(x, deterministic, tokens)
         return layer_norm(c, "LayerNorm")(x.astype(jnp.float32) + residual.astype(jnp.float32)).astype(self.dtype)
 
 
@@ -103,9 +103,9 @@ class Attention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
-        h = SelfAttention(self.config, self.dtype, name="self")(x, bias, deterministic)
-        return DenseResidualNorm(self.config, self.dtype, name="output")(h, x, deterministic)
+    def __call__(self, x, bias, deterministic: bool, tokens=None):
+        h = SelfAttention(self.config, self.dtype, name="self")(x, bias, deterministic, tokens)
+        return DenseResidualNorm(self.config, self.dtype, name="output")(h, x, deterministic, tokens)
 
 
 class Intermediate(nn.Module):
@@ -123,10 +123,10 @@ class Layer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
-        a = Attention(self.config, self.dtype, name="attention")(x, bias, deterministic)
+    def __call__(self, x, bias, deterministic: bool, tokens=None):
+        a = Attention(self.config, self.dtype, name="attention")(x, bias, deterministic, tokens)
         h = Intermediate(self.config, self.dtype, name="intermediate")(a)
-        return DenseResidualNorm(self.config, self.dtype, name="output")(h, a, deterministic)
+        return DenseResidualNorm(self.config, self.dtype, name="output")(h, a, deterministic, tokens)
 
 
 class Embeddings(nn.Module):
@@ -134,14 +134,14 @@ class Embeddings(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool, tokens=None):
         c = self.config
         embed = lambda n, name: nn.Embed(n, c.hidden_size, name=name)
         x = (embed(c.vocab_size, "word_embeddings")(input_ids)
              + embed(c.max_position_embeddings, "position_embeddings")(position_ids)
              + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids))
         x = layer_norm(c, "LayerNorm")(x)
-        return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic).astype(self.dtype)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic, tokens).astype(self.dtype)
 
 
 class Encoder(nn.Module):
@@ -150,10 +150,10 @@ class Encoder(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
+    def __call__(self, x, bias, deterministic: bool, tokens=None):
         layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.remat else Layer
         for i in range(self.config.num_hidden_layers):
-            x = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x, bias, deterministic)
+            x = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x, bias, deterministic, tokens)
         return x
 
 
@@ -167,19 +167,24 @@ class Pooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """Token embeddings [B, L, H] (float32) for token ids [B, L]."""
+    """Token embeddings [B, L, H] (float32) for token ids [B, L]; ``sentence_ids`` key the dropout masks
+    (:func:`jaxsbert.models.dropout.token_ids`)."""
     config: BertConfig
     dtype: Any = jnp.float32
     remat: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
+                 sentence_ids=None):
+        tokens = None if deterministic else token_ids(attention_mask, position_ids, sentence_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        x = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids, position_ids, deterministic)
-        x = Encoder(self.config, self.dtype, self.remat, name="encoder")(x, attention_bias(attention_mask), deterministic)
+        x = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids, position_ids,
+                                                                   deterministic, tokens)
+        x = Encoder(self.config, self.dtype, self.remat, name="encoder")(x, attention_bias(attention_mask),
+                                                                         deterministic, tokens)
         if self.config.add_pooling_layer and self.is_initializing():
             Pooler(self.config, name="pooler")(x)
         return x.astype(jnp.float32)

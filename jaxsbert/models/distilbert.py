@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxsbert.models.attention import MultiHeadAttention
 from jaxsbert.models.bert import ACTIVATIONS, attention_bias
-from jaxsbert.models.dropout import Dropout
+from jaxsbert.models.dropout import Dropout, token_ids
 
 LAYER_NORM_EPS = 1e-12   # fixed in Hugging Face's DistilBERT
 _ALIASES = {"hidden_size": "dim", "num_attention_heads": "n_heads", "num_hidden_layers": "n_layers"}
@@ -66,15 +66,15 @@ class TransformerBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
+    def __call__(self, x, bias, deterministic: bool, tokens=None):
         c = self.config
         norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name=name)
         dropout = Dropout(c.dropout)
         a = MultiHeadAttention(c.dim, c.n_heads, c.attention_dropout, "q_lin", "k_lin", "v_lin", "out_lin",
-                               dtype=self.dtype, name="attention")(x, bias, deterministic)
+                               dtype=self.dtype, name="attention")(x, bias, deterministic, tokens)
         a = norm("sa_layer_norm")(a.astype(jnp.float32) + x.astype(jnp.float32)).astype(self.dtype)
         h = FFN(c, self.dtype, name="ffn")(a)
-        h = dropout(h, deterministic=deterministic)
+        h = dropout(h, deterministic, tokens)
         return norm("output_layer_norm")(h.astype(jnp.float32) + a.astype(jnp.float32)).astype(self.dtype)
 
 
@@ -95,10 +95,10 @@ class Transformer(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
+    def __call__(self, x, bias, deterministic: bool, tokens=None):
         block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
         for i in range(self.config.n_layers):
-            x = block(self.config, self.dtype, name=f"layer_{i}")(x, bias, deterministic)
+            x = block(self.config, self.dtype, name=f"layer_{i}")(x, bias, deterministic, tokens)
         return x
 
 
@@ -107,12 +107,12 @@ class Embeddings(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, position_ids, deterministic: bool):
+    def __call__(self, input_ids, position_ids, deterministic: bool, tokens=None):
         c = self.config
         x = (nn.Embed(c.vocab_size, c.dim, name="word_embeddings")(input_ids)
              + nn.Embed(c.max_position_embeddings, c.dim, name="position_embeddings")(position_ids))
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name="LayerNorm")(x)
-        return Dropout(c.dropout)(x, deterministic=deterministic).astype(self.dtype)
+        return Dropout(c.dropout)(x, deterministic, tokens).astype(self.dtype)
 
 
 class DistilBertModel(nn.Module):
@@ -122,10 +122,12 @@ class DistilBertModel(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
+                 sentence_ids=None):
+        tokens = None if deterministic else token_ids(attention_mask, position_ids, sentence_ids)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        x = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, position_ids, deterministic)
+        x = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, position_ids, deterministic, tokens)
         x = Transformer(self.config, self.dtype, self.remat, name="transformer")(
-            x, attention_bias(attention_mask), deterministic)
+            x, attention_bias(attention_mask), deterministic, tokens)
         return x.astype(jnp.float32)

@@ -1,8 +1,10 @@
 """Registry of encoder families: Hugging Face ``model_type`` -> (config class, Flax module, architecture).
 
 Every family's module has the call signature ``module(config, dtype=, remat=)(input_ids,
-attention_mask, token_type_ids=None, position_ids=None, deterministic=True) -> [B, L, H]``, takes
-``attention_mask`` as segment ids (0 = padding) and ``position_ids`` as 0-based positions, and names
+attention_mask, token_type_ids=None, position_ids=None, deterministic=True, sentence_ids=None) -> [B, L, H]``,
+takes ``attention_mask`` as segment ids (0 = padding), ``position_ids`` as 0-based positions and
+``sentence_ids`` as each token's sentence in the global batch (the dropout masks' key, see
+:mod:`jaxsbert.models.dropout`), and names
 its parameters after the Hugging Face model's state dict (see :mod:`jaxsbert.interop.hf`).
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxsbert.models import bert
 from jaxsbert.models.attention import MultiHeadAttention
-from jaxsbert.models.dropout import Dropout
+from jaxsbert.models.dropout import Dropout, token_ids
 from jaxsbert.models.roberta import offset_position_ids
 
 PADDING_IDX = 1          # Hugging Face's MPNetEmbeddings hard-codes it
@@ -101,11 +101,11 @@ class SelfAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
+    def __call__(self, x, bias, deterministic: bool, tokens=None):
         c = self.config
         h = MultiHeadAttention(c.hidden_size, c.num_attention_heads, c.attention_probs_dropout_prob, "q", "k", "v", "o",
-                               dtype=self.dtype, name="attn")(x, bias, deterministic)
-        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+                               dtype=self.dtype, name="attn")(x, bias, deterministic, tokens)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic, tokens)
         return bert.layer_norm(c, "LayerNorm")(h.astype(jnp.float32) + x.astype(jnp.float32)).astype(self.dtype)
 
 
@@ -114,10 +114,10 @@ class Layer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
-        a = SelfAttention(self.config, self.dtype, name="attention")(x, bias, deterministic)
+    def __call__(self, x, bias, deterministic: bool, tokens=None):
+        a = SelfAttention(self.config, self.dtype, name="attention")(x, bias, deterministic, tokens)
         h = bert.Intermediate(self.config, self.dtype, name="intermediate")(a)
-        return bert.DenseResidualNorm(self.config, self.dtype, name="output")(h, a, deterministic)
+        return bert.DenseResidualNorm(self.config, self.dtype, name="output")(h, a, deterministic, tokens)
 
 
 class Encoder(nn.Module):
@@ -126,7 +126,7 @@ class Encoder(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, mask_bias, positions, deterministic: bool):
+    def __call__(self, x, mask_bias, positions, deterministic: bool, tokens=None):
         """positions: [B or 1, L] 0-based positions whose differences are the relative distances."""
         c = self.config
         buckets = relative_position_bucket(positions[:, None, :] - positions[:, :, None])           # [B, Lq, Lk]
@@ -134,7 +134,7 @@ class Encoder(nn.Module):
         bias = jnp.transpose(table(buckets), (0, 3, 1, 2)).astype(jnp.float32) + mask_bias        # [B, H, Lq, Lk]
         layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.remat else Layer
         for i in range(c.num_hidden_layers):
-            x = layer_cls(c, self.dtype, name=f"layer_{i}")(x, bias, deterministic)
+            x = layer_cls(c, self.dtype, name=f"layer_{i}")(x, bias, deterministic, tokens)
         return x
 
 
@@ -143,12 +143,12 @@ class Embeddings(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, position_ids, deterministic: bool):
+    def __call__(self, input_ids, position_ids, deterministic: bool, tokens=None):
         c = self.config
         x = (nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(input_ids)
              + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embeddings")(position_ids))
         x = bert.layer_norm(c, "LayerNorm")(x)
-        return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic).astype(self.dtype)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic, tokens).astype(self.dtype)
 
 
 class MPNetModel(nn.Module):
@@ -158,13 +158,15 @@ class MPNetModel(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
+                 sentence_ids=None):
         c = self.config
+        tokens = None if deterministic else token_ids(attention_mask, position_ids, sentence_ids)
         absolute = offset_position_ids(attention_mask, position_ids, PADDING_IDX)
         relative = jnp.arange(input_ids.shape[1])[None] if position_ids is None else position_ids
-        x = Embeddings(c, self.dtype, name="embeddings")(input_ids, absolute, deterministic)
+        x = Embeddings(c, self.dtype, name="embeddings")(input_ids, absolute, deterministic, tokens)
         x = Encoder(c, self.dtype, self.remat, name="encoder")(x, bert.attention_bias(attention_mask), relative,
-                                                               deterministic)
+                                                               deterministic, tokens)
         if c.add_pooling_layer and self.is_initializing():
             bert.Pooler(c, name="pooler")(x)
         return x.astype(jnp.float32)

@@ -55,7 +55,8 @@ class SentenceModelConfig:
 
 
 class SentenceModel(nn.Module):
-    """features {input_ids, attention_mask, [token_type_ids], [position_ids]} -> embeddings [B, D] (float32).
+    """features {input_ids, attention_mask, [token_type_ids], [position_ids], [sentence_ids]} -> embeddings [B, D]
+    (float32). ``sentence_ids`` ([B, L]: each token's sentence in the global batch) key train-mode dropout.
 
     Packed features (with ``slots``, see :mod:`jaxsbert.data.packing`; at most ``max_segments``
     sentences per row) give one embedding per slot: ``slots.shape + (D,)``.
@@ -71,7 +72,8 @@ class SentenceModel(nn.Module):
         transformer = families.FAMILIES[c.family].module(c.transformer, dtype=self.dtype, remat=self.remat,
                                                            name="transformer")
         x = transformer(features["input_ids"], features["attention_mask"], features.get("token_type_ids"),
-                        features.get("position_ids"), deterministic=deterministic)
+                        features.get("position_ids"), deterministic=deterministic,
+                        sentence_ids=features.get("sentence_ids"))
         packed = is_packed(features)
         for i, m in enumerate(c.modules):
             if isinstance(m, PoolingConfig) and packed:

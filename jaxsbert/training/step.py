@@ -14,10 +14,10 @@ import optax
 
 
 def make_embed_fn(module, dropout: bool) -> Callable:
-    """embed_fn(params, features, rng) -> [B, D]; train-mode dropout when ``dropout``. Its
-    ``max_segments`` is the model's sentences per packed row (for gradient caching on packed batches)."""
+    """embed_fn(params, features, rng) -> [B, D]; train-mode dropout when ``dropout`` (and ``rng`` is not
+    None). Its ``max_segments`` is the model's sentences per packed row (for gradient caching on packed batches)."""
     def embed(params, features, rng):
-        if dropout:
+        if dropout and rng is not None:
             return module.apply({"params": params}, features, deterministic=False, rngs={"dropout": rng})
         return module.apply({"params": params}, features, deterministic=True)
     embed.max_segments = getattr(module, "max_segments", None)
