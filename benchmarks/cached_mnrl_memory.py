@@ -30,6 +30,15 @@ allocator state. Each reports:
 
 Plain MultipleNegativesRankingLoss keeps every layer's activations for the whole batch; at batch
 sizes listed in ``--plain-compile-only`` it is compiled (for XLA's numbers) but not run.
+
+Very large global batches, through the trainer (``jaxsbert.training.loop.train``: the data loader,
+packing as ``data.packing="auto"`` does, the mesh, the jitted step), one step each in a fresh process::
+
+    python -m benchmarks.cached_mnrl_memory --global-batch 1024 65536 --devices 8
+
+trains a small random BERT (2 layers, hidden 64, MiniLM's tokenizer) with CachedMNRL (``--mini-batch-size``
+rows per chunk) on that many STSb pairs (sentence1, sentence2 + the row number) on ``--devices`` simulated
+CPU devices, and reports each run's peak RSS and anonymous peak against the smallest batch's.
 """
 from __future__ import annotations
 
@@ -231,9 +240,67 @@ def run_one(spec: dict) -> dict:
     return out
 
 
-def run_in_subprocess(spec: dict) -> dict:
+def run_trainer_step(spec: dict) -> dict:
+    """One training step of a small random BERT with CachedMNRL at ``spec["batch_size"]`` pairs, through
+    the trainer, in this process (whose XLA_FLAGS set the device count)."""
+    import tempfile
+
+    import jax
+
+    from jaxsbert.encoder import SentenceEncoder, Tokenizer
+    from jaxsbert.interop.st_dir import init_params
+    from jaxsbert.models.bert import BertConfig
+    from jaxsbert.models.bundled import resolve_model
+    from jaxsbert.models.pooling import PoolingConfig
+    from jaxsbert.models.sentence_model import SentenceModelConfig
+    from jaxsbert.data import load_dataset
+    from jaxsbert.training.loop import train
+
+    sampler = AnonSampler()
+    root = tempfile.mkdtemp(prefix="jaxsbert-global-batch-")
+    bert = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, max_position_embeddings=128)
+    config = SentenceModelConfig("bert", bert, (PoolingConfig(64, ("mean",)),), max_seq_length=spec["seq_len"])
+    model = os.path.join(root, "model")
+    SentenceEncoder(config, init_params(config, 0), Tokenizer(resolve_model(MODEL), spec["seq_len"])).save_pretrained(model)
+    ds = load_dataset({"source": "stsb", "split": "train"})
+    a, b = ds["sentence1"], ds["sentence2"]
+    data = os.path.join(root, "pairs.jsonl")
+    with open(data, "w") as f:
+        for i in range(spec["batch_size"]):
+            f.write(json.dumps({"anchor": f"{a[i % len(a)]} {i}", "positive": f"{b[i % len(b)]} {i}"}) + "\n")
+    train_config = {
+        "name": "global-batch", "model": model, "seed": 0, "batch_size": spec["batch_size"], "max_steps": 1,
+        "data": {"train": {"pairs": {"source": data}}, "eval": {}},
+        "loss": {"name": "CachedMultipleNegativesRankingLoss", "mini_batch_size": spec["mini_batch_size"]},
+        "eval_before": False, "save_model": False, "tensorboard": False, "log_every": 1,
+        "checkpoint": {"every_steps": 0, "keep": 1, "async": False},
+    }
+    t = time.perf_counter()
+    summary = train(train_config, os.path.join(root, "run"))
+    sampler.stop()
+    return {"mode": "trainer", "batch_size": spec["batch_size"], "devices": jax.device_count(),
+            "steps": int(summary["steps"]), "wall_s": time.perf_counter() - t, "peak_rss": peak_rss_bytes(),
+            "peak_anon": sampler.peak}
+
+
+def global_batch_report(results: list[dict]) -> str:
+    ref = min(results, key=lambda r: r["batch_size"])
+    lines = ["| pairs | devices | peak RSS MiB | vs smallest | anon peak MiB | vs smallest | wall s (1 step, "
+             "with loading and compilation) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['batch_size']:,} | {r['devices']} | {_mib(r['peak_rss'])} | "
+                     f"{_ratio(r['peak_rss'], ref['peak_rss'])} | {_mib(r['peak_anon'])} | "
+                     f"{_ratio(r['peak_anon'], ref['peak_anon'])} | {r['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def run_in_subprocess(spec: dict, devices: int | None = None) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.cached_mnrl_memory", "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    env = None
+    if devices:
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
@@ -313,14 +380,32 @@ def main(argv=None):
     parser.add_argument("--time-budget", type=float, default=60.0,
                         help="stop timing a configuration after this many seconds (at least one step runs)")
     parser.add_argument("--json", help="also write the raw measurements here")
+    parser.add_argument("--global-batch", type=int, nargs="*",
+                        help="instead: one trainer step of a small random BERT at each of these global batch sizes")
+    parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices for --global-batch")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        print("RESULT " + json.dumps(run_one(json.loads(args.worker))), flush=True)
+        spec = json.loads(args.worker)
+        result = run_trainer_step(spec) if spec["mode"] == "trainer" else run_one(spec)
+        print("RESULT " + json.dumps(result), flush=True)
         return
 
     import jax
+
+    if args.global_batch:
+        print(machine_description())
+        print(f"small random BERT (2 layers, hidden 64), CachedMNRL mini_batch_size={args.mini_batch_size}, "
+              f"STSb pairs up to {args.seq_len} tokens, {args.devices} simulated devices, one trainer step\n", flush=True)
+        results = []
+        for b in args.global_batch:
+            spec = dict(mode="trainer", batch_size=b, mini_batch_size=args.mini_batch_size, seq_len=args.seq_len)
+            results.append(run_in_subprocess(spec, devices=args.devices))
+            print(f"# {json.dumps(results[-1])}", flush=True)
+        print()
+        print(global_batch_report(results))
+        return
 
     common = dict(mini_batch_size=args.mini_batch_size, seq_len=args.seq_len, data=args.data, steps=args.steps,
                   time_budget_s=args.time_budget)

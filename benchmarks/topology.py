@@ -59,6 +59,11 @@ def train(workdir: str, steps: int, processes: int, devices: int, overrides: lis
         if p.wait() != 0:
             raise SystemExit(f"training failed: see {log.name}")
         log.close()
+    import json
+
+    last = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))][-1]
+    if last.get("nonfinite"):
+        raise SystemExit(f"{workdir}: {last['nonfinite']} steps were skipped (non-finite gradients)")
     return os.path.join(workdir, "model")
 
 

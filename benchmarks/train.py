@@ -56,6 +56,9 @@ def run_jaxsbert(kind: str, batch: int, steps: int, warmup: int, compute_dtype: 
     train(config, workdir)
     total = time.time() - t
     records = [r for r in read_metrics(workdir) if r.get("kind", "train") == "train" and "loss" in r]
+    if records[-1].get("nonfinite"):      # a skipped update is cheaper than a real one: the timing would be wrong
+        raise FloatingPointError(f"{kind} B={batch}: {records[-1]['nonfinite']} of {len(records)} steps had a "
+                                 "non-finite loss or gradient")
     timed = records[warmup:]                      # log_every=1: one record per step, written after it
     seconds = timed[-1]["time"] - records[warmup - 1]["time"]
     return {"pairs_per_s": batch * len(timed) / seconds, "mean_loss": sum(r["loss"] for r in timed) / len(timed),

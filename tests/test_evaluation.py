@@ -535,3 +535,135 @@ def test_comparison_detects_a_difference():
     theirs = st_eval.EmbeddingSimilarityEvaluator(s1, s2, gold)(STStandIn(nudged))
     with pytest.raises(AssertionError):
         assert_same(ours, theirs)
+
+
+# ----------------------------------------------------------------------------------------------- reranking
+
+def _rerank_data(seed, n=40, dim=16, ties=False):
+    rng = np.random.default_rng(seed)
+    samples, table = [], {}
+    for i in range(n):
+        query = f"q{i}"
+        pos = [f"p{i}.{j}" for j in range(int(rng.integers(0 if i % 9 == 4 else 1, 4)))]
+        neg = [f"n{i}.{j}" for j in range(int(rng.integers(0 if i % 11 == 5 else 1, 14)))]
+        base = rng.standard_normal(dim).astype(np.float32)
+        table[query] = base
+        for t in pos:
+            table[t] = base + rng.standard_normal(dim).astype(np.float32) * 1.5
+        for t in neg:
+            table[t] = rng.standard_normal(dim).astype(np.float32)
+        if ties and pos and neg:
+            table[neg[0]] = table[pos[0]].copy()          # a positive and a negative with the same score
+        samples.append({"query": query, "positive": pos[0] if len(pos) == 1 else pos,
+                        "negative": neg[0] if len(neg) == 1 else neg})
+    return samples, table
+
+
+@pytest.mark.parametrize("fn", ["cosine", "dot"])
+@pytest.mark.parametrize("at_k", [10, 3])
+def test_reranking_matches_st(fn, at_k):
+    samples, table = _rerank_data(0)
+    if fn == "dot":
+        table = on_grid(table, 2.0 ** -8)
+    ours, theirs, mine, st = both(ev.RerankingEvaluator, st_eval.RerankingEvaluator, table, samples, at_k=at_k,
+                                  name="rr", fn_name=fn)
+    assert_same(ours, theirs)
+    assert mine.primary_metric == st.primary_metric == f"rr_ndcg@{at_k}"
+    assert 0.2 < ours[f"rr_map"] < 1 and len(mine.samples) < len(samples)   # samples without pos/neg left out
+
+
+def test_reranking_tied_scores_as_scikit_learn():
+    """A positive tied with a negative: NDCG averages their discounts and MAP counts both at that score,
+    as scikit-learn; the per-sample functions equal sklearn's on random scores with ties."""
+    from sklearn.metrics import average_precision_score, ndcg_score
+
+    from jaxsbert.evaluation.reranking import average_precision, ndcg
+
+    samples, table = _rerank_data(1, ties=True)
+    ours, theirs, _, _ = both(ev.RerankingEvaluator, st_eval.RerankingEvaluator, table, samples)
+    assert ours["map"] == pytest.approx(theirs["map"], abs=1e-9)
+    assert ours["ndcg@10"] == pytest.approx(theirs["ndcg@10"], abs=1e-9)
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        n = int(rng.integers(2, 30))
+        scores = rng.integers(0, 5, n).astype(np.float64)
+        relevant = rng.random(n) < 0.3
+        relevant[0] = True
+        for k in (1, 5, 10, 50):
+            assert ndcg(relevant, scores, k) == pytest.approx(ndcg_score([relevant], [scores], k=k), abs=1e-12)
+        assert average_precision(relevant, scores) == pytest.approx(average_precision_score(relevant, scores), abs=1e-12)
+
+
+def test_reranking_rejects_bad_samples():
+    with pytest.raises(ValueError, match=r"reranking sample 1 lacks \['negative'\]"):
+        ev.RerankingEvaluator([{"query": "a", "positive": "b", "negative": "c"}, {"query": "a", "positive": "b"}])
+    with pytest.raises(ValueError, match="no reranking sample has both a positive and a negative"):
+        ev.RerankingEvaluator([{"query": "a", "positive": [], "negative": "c"}])
+
+
+# ------------------------------------------------------------------- retrieval evaluators from configs
+
+def _write_jsonl(path, rows):
+    import json
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_information_retrieval_from_config_columns_and_files(tmp_path):
+    """The config types build the evaluator sentence-transformers would get from the same data: from
+    (query, relevant doc) columns plus a distractor corpus, and from BEIR-style files; same numbers."""
+    from jaxsbert.training.evaluators import build_evaluator
+
+    rng = np.random.default_rng(4)
+    docs = [f"doc {i}" for i in range(60)]
+    queries = [f"query {i}" for i in range(15)]
+    table = {t: rng.standard_normal(12).astype(np.float32) for t in docs + queries}
+    pairs = []
+    for i, q in enumerate(queries):
+        for d in rng.choice(20, int(rng.integers(1, 3)), replace=False):
+            pairs.append({"query": q, "doc": docs[d], "score": 0.9})
+            table[q] = table[q] * 0.3 + table[docs[d]]
+    spec = {"type": "information_retrieval", "source": _write_jsonl(tmp_path / "pairs.jsonl", pairs),
+            "corpus": {"source": _write_jsonl(tmp_path / "corpus.jsonl", [{"text": d} for d in docs])},
+            "mrr_at_k": 10, "ndcg_at_k": [10], "accuracy_at_k": [1, 5], "precision_recall_at_k": [1, 10],
+            "map_at_k": [100]}
+    mine = build_evaluator("ir", spec)
+    q_ids = {q: f"q{i}" for i, q in enumerate(dict.fromkeys(p["query"] for p in pairs))}
+    doc_order = list(dict.fromkeys([p["doc"] for p in pairs] + docs))
+    d_ids = {d: f"d{i}" for i, d in enumerate(doc_order)}
+    relevant = {}
+    for p in pairs:
+        relevant.setdefault(q_ids[p["query"]], set()).add(d_ids[p["doc"]])
+    ks = dict(mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 5], precision_recall_at_k=[1, 10], map_at_k=[100])
+    st = st_eval.InformationRetrievalEvaluator({i: q for q, i in q_ids.items()}, {i: d for d, i in d_ids.items()},
+                                               relevant, name="ir", **ks)
+    ours, theirs = mine(FakeEncoder(table, "cosine")), st(STStandIn(table, "cosine"))
+    assert_same(ours, theirs)
+    assert mine.primary_metric == st.primary_metric == "ir_cosine_ndcg@10" and len(mine.corpus) == 60
+
+    files = {"queries": _write_jsonl(tmp_path / "queries.jsonl", [{"_id": i, "text": q} for q, i in q_ids.items()]),
+             "corpus": _write_jsonl(tmp_path / "docs.jsonl", [{"_id": i, "title": "", "text": d} for d, i in d_ids.items()]),
+             "relevant": _write_jsonl(tmp_path / "qrels.jsonl", [{"query-id": q, "corpus-id": d, "score": 1}
+                                                                for q, ds in relevant.items() for d in sorted(ds)]
+                                      + [{"query-id": "q0", "corpus-id": "d59", "score": 0}])}
+    from_files = build_evaluator("ir", {"type": "information_retrieval", **files, **ks})
+    assert_same(from_files(FakeEncoder(table, "cosine")), theirs)
+    with pytest.raises(ValueError, match=r"from files needs \['queries', 'corpus', 'relevant'\]; missing \['relevant'\]"):
+        build_evaluator("ir", {"type": "information_retrieval", "queries": files["queries"], "corpus": files["corpus"]})
+
+
+def test_reranking_from_config_rows_grouped_by_query(tmp_path):
+    from jaxsbert.training.evaluators import build_evaluator
+
+    samples, table = _rerank_data(3)
+    rows = [{"query": s["query"], "positive": p, "negative": n}
+            for s in samples for p, n in zip(np.atleast_1d(s["positive"]).tolist(), np.atleast_1d(s["negative"]).tolist())]
+    mine = build_evaluator("rr", {"type": "reranking", "source": _write_jsonl(tmp_path / "rr.jsonl", rows), "at_k": 5})
+    grouped = {}
+    for r in rows:
+        g = grouped.setdefault(r["query"], {"query": r["query"], "positive": [], "negative": []})
+        g["positive"] += [r["positive"]] if r["positive"] not in g["positive"] else []
+        g["negative"] += [r["negative"]] if r["negative"] not in g["negative"] else []
+    st = st_eval.RerankingEvaluator(list(grouped.values()), at_k=5, name="rr")
+    assert_same(mine(FakeEncoder(table, "cosine")), st(STStandIn(table, "cosine")))
+    assert mine.primary_metric == "rr_ndcg@5"

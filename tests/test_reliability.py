@@ -495,6 +495,7 @@ def test_nonfinite_skip_keeps_the_previous_values_and_counts(tiny_model, nan_row
     summary = train(_config(tiny_model, data={"train": {"demo": path}}, epochs=2, nonfinite="skip",
                             checkpoint={"every_steps": 1, "keep": 20}), workdir)
     assert summary["steps"] == 12 and int(summary["state"]["nonfinite"]) == 2     # the row, once an epoch
+    assert summary["nonfinite_steps"] == 2
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["nonfinite"] for r in records] == [int(r["step"] >= bad_steps[0]) + int(r["step"] >= bad_steps[1])
                                                  for r in records]

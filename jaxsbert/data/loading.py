@@ -28,7 +28,8 @@ _FILE_BUILDERS: dict[str, tuple[str, dict]] = {
     ".parquet": ("parquet", {}),
 }
 
-_SPEC_KEYS = ("source", "split", "data_root", "score_divisor", "task", "subset", "columns", "rename", "limit")
+_SPEC_KEYS = ("source", "split", "data_root", "score_divisor", "task", "subset", "min_score", "columns", "rename",
+              "limit")
 
 # SICK entailment labels, in the order of sentence-transformers' NLI examples.
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -212,6 +213,21 @@ def _looks_like_file(source: str) -> bool:
     return os.path.splitext(source)[1].lower() in _FILE_BUILDERS
 
 
+def _at_least(ds: datasets.Dataset, min_score: float, source: str) -> datasets.Dataset:
+    """The rows whose label column is >= ``min_score``, keeping the dataset's recorded source."""
+    from jaxsbert.data.columns import split_columns
+
+    label = split_columns(ds).label
+    if label is None:
+        raise ValueError(f"{source}: min_score={min_score} needs a label / score column; columns: {ds.column_names}")
+    import numpy as np
+
+    scores = np.asarray(ds.with_format("numpy")[label], np.float64)
+    kept = ds.select(np.flatnonzero(scores >= min_score))
+    kept.info.description = ds.info.description
+    return kept
+
+
 def load_dataset(spec: str | Mapping[str, Any] | datasets.Dataset, *, split: str | None = None,
                  data_root: PathLike | None = None) -> datasets.Dataset:
     """Loads one dataset.
@@ -226,6 +242,8 @@ def load_dataset(spec: str | Mapping[str, Any] | datasets.Dataset, *, split: str
     - ``score_divisor``: STSb / SICK relatedness scores are divided by it (default 5).
     - ``task``: SICK only, ``nli`` (premise, hypothesis, label) or ``relatedness`` (sentence1, sentence2, score).
     - ``subset``: hub config name.
+    - ``min_score``: keep only the rows whose label / score column is at least this (after ``score_divisor``;
+      e.g. the highly similar STSb pairs for in-batch-negatives training or retrieval evaluation).
     - ``rename``: ``{old: new}`` column renames; ``columns``: the columns to keep, in this order (after renaming).
     - ``limit``: keep only the first ``limit`` rows.
 
@@ -262,6 +280,8 @@ def load_dataset(spec: str | Mapping[str, Any] | datasets.Dataset, *, split: str
 
 def _postprocess(ds: datasets.Dataset, options: Mapping[str, Any]) -> datasets.Dataset:
     source = dataset_source(ds)
+    if options.get("min_score") is not None:
+        ds = _at_least(ds, float(options["min_score"]), source)
     if options.get("rename"):
         missing = [c for c in options["rename"] if c not in ds.column_names]
         if missing:

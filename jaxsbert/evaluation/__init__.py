@@ -8,6 +8,7 @@ from jaxsbert.evaluation.base import Evaluator, encode_unique
 from jaxsbert.evaluation.binary_classification import BinaryClassificationEvaluator, binary_classification_metrics
 from jaxsbert.evaluation.embedding_similarity import EmbeddingSimilarityEvaluator, similarity_metrics
 from jaxsbert.evaluation.information_retrieval import InformationRetrievalEvaluator
+from jaxsbert.evaluation.reranking import RerankingEvaluator, reranking_metrics
 from jaxsbert.evaluation.retrieval import information_retrieval_metrics, ranking_metrics, top_k_search
 from jaxsbert.evaluation.sequential import SequentialEvaluator
 from jaxsbert.evaluation.similarity import SIMILARITY_FUNCTIONS, pairwise_similarity, similarity_matrix
@@ -17,8 +18,9 @@ from jaxsbert.evaluation.triplet import TripletEvaluator, triplet_metrics
 
 __all__ = [
     "Evaluator", "EmbeddingSimilarityEvaluator", "TripletEvaluator", "BinaryClassificationEvaluator",
-    "InformationRetrievalEvaluator", "SequentialEvaluator",
+    "InformationRetrievalEvaluator", "RerankingEvaluator", "SequentialEvaluator",
     "similarity_metrics", "triplet_metrics", "binary_classification_metrics", "information_retrieval_metrics",
+    "reranking_metrics",
     "ranking_metrics", "top_k_search", "encode_unique",
     "SIMILARITY_FUNCTIONS", "pairwise_similarity", "similarity_matrix",
     "pearson", "spearman", "average_precision", "matthews_corrcoef",

@@ -88,8 +88,11 @@ def pool(token_embeddings: jnp.ndarray, attention_mask: jnp.ndarray, config: Poo
 
 
 def normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
-    """L2 normalization as ``torch.nn.functional.normalize``: x / max(||x||, eps)."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    """L2 normalization as ``torch.nn.functional.normalize``: x / max(||x||, eps), with torch's zero
+    gradient at a zero vector (``jnp.linalg.norm``'s is NaN there: an empty packed slot would poison the
+    parameter gradients of a gradient-caching chunk)."""
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    return x / jnp.sqrt(jnp.maximum(sq, eps * eps))
 
 
 def pool_segments(token_embeddings: jnp.ndarray, segment_ids: jnp.ndarray, position_ids: jnp.ndarray,

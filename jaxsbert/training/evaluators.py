@@ -6,6 +6,21 @@ Types (columns by order, as the column convention gives them):
 - ``triplet``: (anchor, positive, negative) -> TripletEvaluator
 - ``label_accuracy``: (premise, hypothesis) + class label -> accuracy of a SoftmaxLoss head
   (``"head": <training dataset name>``), as sentence-transformers' LabelAccuracyEvaluator
+- ``information_retrieval`` -> InformationRetrievalEvaluator, from columns or from files:
+
+  * columns: (query, relevant document, [more documents ...]) rows (a label column is ignored): the queries are
+    the distinct first-column texts, each relevant to the second-column texts of its rows; the corpus is every
+    document column's texts, plus the texts of an optional ``"corpus"`` dataset (one text column) as distractors;
+  * files (BEIR's layout): ``"queries"`` (id, text), ``"corpus"`` (id, [title], text: "title text" when a title
+    is there) and ``"relevant"`` (query id, corpus id, [score]: rows with a score <= 0 are not relevant) dataset
+    specs; id columns named ``_id`` / ``id`` / ``query-id`` / ``corpus-id``, else the first columns.
+
+  Options: ``mrr_at_k``, ``ndcg_at_k``, ``accuracy_at_k``, ``precision_recall_at_k``, ``map_at_k``,
+  ``corpus_chunk_size``, ``score_functions``, ``main_score_function``, ``truncate_dim``; keys
+  ``{name}_{fn}_{metric}@{k}`` as sentence-transformers (e.g. ``best_metric: "ir_cosine_ndcg@10"``).
+- ``reranking`` -> RerankingEvaluator: (query, positive, negative ...) rows, grouped by query (a row's positive
+  and negatives may also be lists); options ``at_k``, ``similarity_fn_name``, ``truncate_dim``; keys
+  ``{name}_map``, ``{name}_mrr@{k}``, ``{name}_ndcg@{k}``.
 """
 from __future__ import annotations
 
@@ -17,10 +32,16 @@ import numpy as np
 from jaxsbert import data as jdata
 from jaxsbert.evaluation.binary_classification import BinaryClassificationEvaluator
 from jaxsbert.evaluation.embedding_similarity import EmbeddingSimilarityEvaluator
+from jaxsbert.evaluation.information_retrieval import InformationRetrievalEvaluator
+from jaxsbert.evaluation.reranking import RerankingEvaluator
 from jaxsbert.evaluation.triplet import TripletEvaluator
 
-TYPES = ("similarity", "binary", "triplet", "label_accuracy")
+TYPES = ("similarity", "binary", "triplet", "label_accuracy", "information_retrieval", "reranking")
 _EVAL_KEYS = ("type", "batch_size", "similarity_fn_names", "main_similarity", "head")
+_IR_KEYS = ("mrr_at_k", "ndcg_at_k", "accuracy_at_k", "precision_recall_at_k", "map_at_k", "corpus_chunk_size",
+            "score_functions", "main_score_function", "truncate_dim")
+_RERANKING_KEYS = ("at_k", "similarity_fn_name", "truncate_dim")
+_IR_FILES = ("queries", "corpus", "relevant")
 
 
 class LabelAccuracyEvaluator:
@@ -48,6 +69,8 @@ def build_evaluator(name: str, spec: dict[str, Any], data_root: str | None = Non
     kind = spec.pop("type", "similarity")
     if kind not in TYPES:
         raise ValueError(f"evaluator {name!r}: type {kind!r} is not supported; supported: {list(TYPES)}")
+    if kind in ("information_retrieval", "reranking"):
+        return _build_ranking_evaluator(name, kind, spec, data_root)
     options = {k: spec.pop(k) for k in list(spec) if k in _EVAL_KEYS}
     ds = jdata.load_dataset(spec, data_root=data_root)
     columns = jdata.split_columns(ds)
@@ -77,3 +100,107 @@ def build_evaluator(name: str, spec: dict[str, Any], data_root: str | None = Non
         raise ValueError(f"{source}: label_accuracy needs 'head': the name of a training dataset trained with "
                          f"SoftmaxLoss (training datasets: {sorted(losses or {})})")
     return LabelAccuracyEvaluator(texts[0], texts[1], labels, losses[head], head, name=name, batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------- retrieval and re-ranking
+
+def _texts(ds, source: str, what: str) -> tuple[list[str], ...]:
+    columns = jdata.split_columns(ds)
+    if not columns.inputs:
+        raise ValueError(f"{source}: {what} needs text columns; got columns {ds.column_names}")
+    return tuple(list(ds[c]) for c in columns.inputs)
+
+
+def _id_column(ds, names: tuple[str, ...], position: int) -> str:
+    return next((c for c in names if c in ds.column_names), ds.column_names[position])
+
+
+def _ir_from_files(name: str, files: dict, data_root) -> tuple[dict, dict, dict]:
+    loaded = {key: jdata.load_dataset(files[key], data_root=data_root) for key in _IR_FILES}
+    where = {key: f"evaluator {name!r} {key} ({jdata.dataset_source(ds)})" for key, ds in loaded.items()}
+    for key, ds in loaded.items():
+        if len(ds.column_names) < 2:
+            raise ValueError(f"{where[key]}: needs an id and a text column (or two ids); got {ds.column_names}")
+    q = loaded["queries"]
+    qid, qtext = _id_column(q, ("_id", "id", "query-id", "query_id"), 0), "text" if "text" in q.column_names else None
+    qtext = qtext or next(c for c in q.column_names if c != qid)
+    queries = {str(i): str(t) for i, t in zip(q[qid], q[qtext])}
+    c = loaded["corpus"]
+    cid = _id_column(c, ("_id", "id", "corpus-id", "corpus_id", "doc_id"), 0)
+    ctext = "text" if "text" in c.column_names else next(x for x in c.column_names if x not in (cid, "title"))
+    titles = c["title"] if "title" in c.column_names else [""] * len(c)
+    corpus = {str(i): f"{title} {text}".strip() if title else str(text) for i, title, text in zip(c[cid], titles, c[ctext])}
+    r = loaded["relevant"]
+    rq = _id_column(r, ("query-id", "query_id", "qid"), 0)
+    rc = _id_column(r, ("corpus-id", "corpus_id", "doc_id", "cid"), 1)
+    scores = r["score"] if "score" in r.column_names else [1] * len(r)
+    relevant: dict[str, set] = {}
+    for row, (q_id, c_id, score) in enumerate(zip(r[rq], r[rc], scores)):
+        q_id, c_id = str(q_id), str(c_id)
+        if q_id not in queries:
+            raise ValueError(f"{where['relevant']}: row {row}: query id {q_id!r} is not in the queries")
+        if float(score) > 0:
+            relevant.setdefault(q_id, set()).add(c_id)
+    return queries, corpus, relevant
+
+
+def _ir_from_columns(name: str, spec: dict, corpus_spec, data_root) -> tuple[dict, dict, dict]:
+    ds = jdata.load_dataset(spec, data_root=data_root)
+    source = f"evaluator {name!r} ({jdata.dataset_source(ds)})"
+    texts = _texts(ds, source, "an information_retrieval evaluator")
+    if len(texts) < 2:
+        raise ValueError(f"{source}: an information_retrieval evaluator needs (query, relevant document, "
+                         f"[more documents ...]) columns; got {ds.column_names}")
+    documents = list(dict.fromkeys(t for column in texts[1:] for t in column))
+    if corpus_spec is not None:
+        extra = jdata.load_dataset(corpus_spec, data_root=data_root)
+        extra_texts = _texts(extra, f"evaluator {name!r} corpus ({jdata.dataset_source(extra)})", "a corpus")[0]
+        documents = list(dict.fromkeys(documents + list(extra_texts)))
+    doc_id = {t: f"d{i}" for i, t in enumerate(documents)}
+    query_id = {t: f"q{i}" for i, t in enumerate(dict.fromkeys(texts[0]))}
+    relevant: dict[str, set] = {}
+    for query, doc in zip(texts[0], texts[1]):
+        relevant.setdefault(query_id[query], set()).add(doc_id[doc])
+    return {i: t for t, i in query_id.items()}, {i: t for t, i in doc_id.items()}, relevant
+
+
+def _reranking_samples(name: str, spec: dict, data_root) -> list[dict]:
+    ds = jdata.load_dataset(spec, data_root=data_root)
+    source = f"evaluator {name!r} ({jdata.dataset_source(ds)})"
+    texts = _texts(ds, source, "a reranking evaluator")
+    if len(texts) < 3:
+        raise ValueError(f"{source}: a reranking evaluator needs (query, positive, negative, [negative ...]) "
+                         f"columns; got {ds.column_names}")
+    samples: dict[str, dict] = {}
+    as_list = lambda x: list(x) if isinstance(x, (list, tuple)) else [x]
+    for row, (query, positive, *negatives) in enumerate(zip(*texts)):
+        sample = samples.setdefault(query, {"query": query, "positive": [], "negative": []})
+        sample["positive"] += [p for p in as_list(positive) if p not in sample["positive"]]
+        for n in negatives:
+            sample["negative"] += [x for x in as_list(n) if x not in sample["negative"]]
+    return list(samples.values())
+
+
+def _build_ranking_evaluator(name: str, kind: str, spec: dict, data_root):
+    allowed = _IR_KEYS if kind == "information_retrieval" else _RERANKING_KEYS
+    options = {k: spec.pop(k) for k in list(spec) if k in allowed}
+    batch_size = int(spec.pop("batch_size", 32 if kind == "information_retrieval" else 64))
+    if kind == "reranking":
+        return RerankingEvaluator(_reranking_samples(name, spec, data_root), name=name, batch_size=batch_size, **options)
+    if "queries" in spec or "relevant" in spec:
+        missing = [k for k in _IR_FILES if k not in spec]
+        if missing:
+            raise ValueError(f"evaluator {name!r}: an information_retrieval evaluator from files needs "
+                             f"{list(_IR_FILES)}; missing {missing}")
+        extra = sorted(set(spec) - set(_IR_FILES))
+        if extra:
+            raise ValueError(f"evaluator {name!r}: unknown keys {extra} (files form: {list(_IR_FILES)}; "
+                             f"options: {list(_IR_KEYS) + ['batch_size']})")
+        queries, corpus, relevant = _ir_from_files(name, spec, data_root)
+    else:
+        corpus_spec = spec.pop("corpus", None)
+        queries, corpus, relevant = _ir_from_columns(name, spec, corpus_spec, data_root)
+    for key in ("mrr_at_k", "ndcg_at_k", "accuracy_at_k", "precision_recall_at_k", "map_at_k"):
+        if key in options and isinstance(options[key], int):
+            options[key] = [options[key]]
+    return InformationRetrievalEvaluator(queries, corpus, relevant, name=name, batch_size=batch_size, **options)

@@ -310,6 +310,10 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     log.info("process %d read %s rows of datasets of %s rows%s", jax.process_index(), summary["rows_read"],
              {n: len(s) for n, s in run.loader.sources.items()},
              f"; skipped {summary['bad_rows']} bad row(s)" if summary["bad_rows"] else "")
+    summary["nonfinite_steps"] = int(state["nonfinite"])
+    if summary["nonfinite_steps"]:
+        log.warning("%d of %d steps had a non-finite loss or gradient; their updates were skipped "
+                    "(nonfinite='stop' stops at the first)", summary["nonfinite_steps"], step)
     if step < run.total_steps or stop.requested:
         log.info("%sstopped at step %d of %d; checkpoint saved; continue with: jaxsbert train CONFIG --workdir %s "
                  "--resume", f"{stop.name}: " if stop.requested else "", step, run.total_steps, workdir)
