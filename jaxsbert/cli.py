@@ -92,6 +92,50 @@ def cmd_eval(args) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _dataset_spec(text: str, split: str | None = None) -> dict:
+    spec = json.loads(text) if text.strip().startswith("{") else {"source": text}
+    if split:
+        spec["split"] = split
+    return spec
+
+
+def cmd_mine(args) -> None:
+    import os
+
+    from jaxsbert import data as jdata
+    from jaxsbert.encoder import SentenceEncoder
+    from jaxsbert.mining import mine_hard_negatives
+    from jaxsbert.models.bundled import resolve_model
+
+    if os.path.exists(args.output) and not args.overwrite:
+        raise SystemExit(f"jaxsbert mine: {args.output} exists; pass --overwrite to replace it")
+    suffix = os.path.splitext(args.output)[1]
+    if suffix not in (".jsonl", ".json", ".csv", ".parquet"):
+        raise SystemExit(f"jaxsbert mine: --output {args.output}: write .jsonl, .csv or .parquet")
+    dataset = jdata.load_dataset(_dataset_spec(args.dataset, args.split), data_root=args.data_root)
+    corpus = None
+    if args.corpus:
+        extra = jdata.load_dataset(_dataset_spec(args.corpus), data_root=args.data_root)
+        column = args.corpus_column or jdata.split_columns(extra).inputs[0]
+        corpus = list(extra[column])
+    encoder = SentenceEncoder.from_pretrained(resolve_model(args.model))
+    options = {k: getattr(args, k) for k in ("range_min", "range_max", "max_score", "min_score", "absolute_margin",
+                                             "relative_margin", "num_negatives", "sampling_strategy",
+                                             "include_positives", "output_format", "output_scores")}
+    mined = mine_hard_negatives(dataset, encoder, args.anchor_column, args.positive_column, corpus,
+                                batch_size=args.batch_size, seed=args.seed, **options)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    tmp = args.output + ".tmp" + suffix
+    if suffix == ".csv":
+        mined.to_csv(tmp, index=False)
+    elif suffix == ".parquet":
+        mined.to_parquet(tmp)
+    else:
+        mined.to_json(tmp, lines=True, force_ascii=False)
+    os.replace(tmp, args.output)          # an earlier output is replaced only by a complete one
+    print(f"wrote {len(mined)} rows ({', '.join(mined.column_names)}) to {args.output}")
+
+
 def cmd_export(args) -> None:
     from jaxsbert.training.loop import export_checkpoint
 
@@ -133,6 +177,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--normalize", action="store_true")
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("mine", help="add hard negatives to (anchor, positive) pairs (sentence-transformers' "
+                                    "util.mine_hard_negatives)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", required=True, help="dataset name (stsb, sick, a file) or a JSON dataset spec")
+    p.add_argument("--output", required=True, help=".jsonl (default), .csv or .parquet: a dataset jaxsbert train reads")
+    p.add_argument("--split", default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--corpus", default=None, help="more documents to mine from (a dataset: its first text column)")
+    p.add_argument("--corpus-column", default=None)
+    p.add_argument("--anchor-column", default=None)
+    p.add_argument("--positive-column", default=None)
+    p.add_argument("--range-min", type=int, default=0)
+    p.add_argument("--range-max", type=int, default=None)
+    p.add_argument("--max-score", type=float, default=None)
+    p.add_argument("--min-score", type=float, default=None)
+    p.add_argument("--absolute-margin", type=float, default=None)
+    p.add_argument("--relative-margin", type=float, default=None)
+    p.add_argument("--num-negatives", type=int, default=3)
+    p.add_argument("--sampling-strategy", choices=["top", "random"], default="top")
+    p.add_argument("--include-positives", action="store_true")
+    p.add_argument("--output-format", choices=["triplet", "n-tuple", "labeled-pair", "labeled-list"], default="triplet")
+    p.add_argument("--output-scores", action="store_true")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="for sampling_strategy random")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("export", help="write a sentence-transformers directory from a training checkpoint")
     p.add_argument("--checkpoint", required=True, help="a workdir (its latest checkpoint) or a checkpoint dir")
