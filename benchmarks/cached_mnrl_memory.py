@@ -276,8 +276,10 @@ def run_trainer_step(spec: dict) -> dict:
         "eval_before": False, "save_model": False, "tensorboard": False, "log_every": 1,
         "checkpoint": {"every_steps": 0, "keep": 1, "async": False},
     }
+    from jaxsbert.config import build_config
+
     t = time.perf_counter()
-    summary = train(train_config, os.path.join(root, "run"))
+    summary = train(build_config(base=train_config), os.path.join(root, "run"))
     sampler.stop()
     return {"mode": "trainer", "batch_size": spec["batch_size"], "devices": jax.device_count(),
             "steps": int(summary["steps"]), "wall_s": time.perf_counter() - t, "peak_rss": peak_rss_bytes(),

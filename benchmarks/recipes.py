@@ -4,6 +4,7 @@ on the same model, data and hyper-parameters; prints test scores and wall times.
     python benchmarks/recipes.py                      # stsb_cosent and stsb_cosine, both frameworks
     python benchmarks/recipes.py --recipes sick_softmax --frameworks jaxsbert
     python -m benchmarks.recipes --recipes stsb_cosent --seeds 42 1 2   # mean and sd over seeds
+    python -m benchmarks.recipes --recipes stsb_retrieval --seeds 42 1 2  # mine + MNRL, test MRR@10
 
 Each run is a fresh process. ``train s`` is, in both frameworks, the time from loading the model to
 the end of training: imports and the final test evaluation are not in it; jaxsbert's includes
@@ -26,7 +27,52 @@ RECIPES = {
     "stsb_cosent": {"loss": "CoSENTLoss", "data": "stsb"},
     "stsb_cosine": {"loss": "CosineSimilarityLoss", "data": "stsb"},
     "sick_softmax": {"loss": "SoftmaxLoss", "data": "sick"},
+    "stsb_retrieval": {"loss": "MultipleNegativesRankingLoss", "data": "stsb_retrieval"},
 }
+# configs/stsb_retrieval.py's mining step, in both frameworks
+MINE_SPEC = {"source": "stsb", "split": "train", "min_score": 0.8, "columns": ["sentence1", "sentence2"]}
+MINE_OPTIONS = dict(num_negatives=1, range_min=2, absolute_margin=0.02)
+
+
+def run_st_retrieval(seed: int) -> dict:
+    """configs/stsb_retrieval.py in sentence-transformers: mine, train MNRL (NO_DUPLICATES), evaluate IR on
+    the test split built as the config's information_retrieval evaluator builds it."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.training_args import BatchSamplers
+    from sentence_transformers.util import mine_hard_negatives
+
+    from jaxsbert.data import load_dataset
+    from jaxsbert.models.bundled import resolve_model
+
+    torch.manual_seed(seed)
+    t = time.time()
+    model = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
+    pairs = Dataset.from_dict(load_dataset(MINE_SPEC).to_dict())
+    train = mine_hard_negatives(pairs, model, verbose=False, **MINE_OPTIONS)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=tempfile.mkdtemp(), num_train_epochs=1, per_device_train_batch_size=32, learning_rate=2e-5,
+        warmup_ratio=0.1, seed=seed, save_strategy="no", logging_steps=50, report_to="none", use_cpu=True,
+        dataloader_drop_last=False, batch_sampler=BatchSamplers.NO_DUPLICATES)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train,
+                                         loss=losses.MultipleNegativesRankingLoss(model))
+    trainer.train()
+    seconds = time.time() - t
+    test = load_dataset({"source": "stsb", "split": "test", "min_score": 0.8})
+    corpus_texts = list(dict.fromkeys(list(test["sentence2"]) + list(load_dataset({"source": "stsb", "split": "test"})["sentence2"])))
+    doc_id = {d: f"d{i}" for i, d in enumerate(corpus_texts)}
+    query_id = {q: f"q{i}" for i, q in enumerate(dict.fromkeys(test["sentence1"]))}
+    relevant = {}
+    for q, d in zip(test["sentence1"], test["sentence2"]):
+        relevant.setdefault(query_id[q], set()).add(doc_id[d])
+    ir = InformationRetrievalEvaluator({i: q for q, i in query_id.items()}, {i: d for d, i in doc_id.items()},
+                                       relevant, name="test")
+    metrics = ir(model)
+    return {"framework": "sentence-transformers", "recipe": "stsb_retrieval", "train_seconds": round(seconds, 1),
+            "test_mrr@10": float(metrics["test_cosine_mrr@10"]), "test_ndcg@10": float(metrics["test_cosine_ndcg@10"]),
+            "mined_rows": len(train)}
 
 
 def run_sentence_transformers(recipe: str, seed: int = 42) -> dict:
@@ -39,6 +85,8 @@ def run_sentence_transformers(recipe: str, seed: int = 42) -> dict:
     from jaxsbert.data import load_dataset
     from jaxsbert.models.bundled import resolve_model
 
+    if recipe == "stsb_retrieval":
+        return run_st_retrieval(seed)
     torch.manual_seed(seed)
     t = time.time()     # as jaxsbert's clock: from loading the model to the end of training, imports excluded
     model = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
@@ -79,11 +127,24 @@ def run_jaxsbert(recipe: str, seed: int = 42) -> dict:
     from jaxsbert.training.loop import train
 
     overrides = [f"seed={seed}", "eval_before=False", "save_model=False"]
-    config = build_config(recipe, overrides)
     workdir = tempfile.mkdtemp()
     t = time.time()
-    summary = train(config, workdir)
-    seconds = summary["train_seconds"]
+    mine_seconds, mined_rows = 0.0, None
+    if recipe == "stsb_retrieval":      # the config's first command, `jaxsbert mine`, in this process (timed)
+        from jaxsbert.data import load_dataset
+        from jaxsbert.encoder import SentenceEncoder
+        from jaxsbert.mining import mine_hard_negatives
+        from jaxsbert.models.bundled import resolve_model
+
+        encoder = SentenceEncoder.from_pretrained(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
+        mined = mine_hard_negatives(load_dataset(MINE_SPEC), encoder, progress=False, **MINE_OPTIONS)
+        path = os.path.join(workdir, "hard_negatives.jsonl")
+        mined.to_json(path, lines=True)
+        mine_seconds, mined_rows = time.time() - t, len(mined)
+        overrides += [f"data.train.pairs.source={path!r}", "best_metric=None"]
+    config = build_config(recipe, overrides)
+    summary = train(config, os.path.join(workdir, "run"))
+    seconds = summary["train_seconds"] + mine_seconds
     result = {"framework": "jaxsbert", "recipe": recipe, "train_seconds": round(seconds, 1),
               "wall_seconds_with_eval": round(time.time() - t, 1)}
     ev = summary["eval"]
@@ -93,6 +154,9 @@ def run_jaxsbert(recipe: str, seed: int = 42) -> dict:
         result["test_spearman_cosine"] = ev["sick-test-relatedness_spearman_cosine"]
     if "sick-test-accuracy_accuracy" in ev:
         result["test_accuracy"] = ev["sick-test-accuracy_accuracy"]
+    if "stsb-test-ir_cosine_mrr@10" in ev:
+        result.update({"test_mrr@10": ev["stsb-test-ir_cosine_mrr@10"], "test_ndcg@10": ev["stsb-test-ir_cosine_ndcg@10"],
+                       "mined_rows": mined_rows, "mine_seconds": round(mine_seconds, 1)})
     return result
 
 
@@ -122,18 +186,19 @@ def main():
                 results.append(run_worker([__file__, "--one", fw, recipe, str(seed)], f"{fw} {recipe} seed {seed}", fw,
                                           compilation_cache=os.path.abspath(args.cache_dir) if args.cache_dir else "0"))
                 print(json.dumps(results[-1]), flush=True)
-    print(f"\n{'recipe':14} {'framework':22} {'seed':>5} {'test spearman':>14} {'accuracy':>9} {'train s':>8}")
+    score_key = lambda recipe: "test_mrr@10" if recipe == "stsb_retrieval" else "test_spearman_cosine"
+    print(f"\n{'recipe':14} {'framework':22} {'seed':>5} {'test score':>14} {'accuracy':>9} {'train s':>8}")
     for r in results:
         acc = f"{r['test_accuracy']:.4f}" if "test_accuracy" in r else ""
-        print(f"{r['recipe']:14} {r['framework']:22} {r['seed']:5d} {r['test_spearman_cosine']:14.4f} {acc:>9} "
+        print(f"{r['recipe']:14} {r['framework']:22} {r['seed']:5d} {r[score_key(r['recipe'])]:14.4f} {acc:>9} "
               f"{r['train_seconds']:8.1f}")
     for recipe in args.recipes:
         mean = {}
         for fw in args.frameworks:
             runs = [r for r in results if r["recipe"] == recipe and r["framework"] == fw]
-            scores, seconds = [r["test_spearman_cosine"] for r in runs], [r["train_seconds"] for r in runs]
+            scores, seconds = [r[score_key(recipe)] for r in runs], [r["train_seconds"] for r in runs]
             mean[fw] = float(np.mean(seconds))
-            print(f"{recipe} {fw}: test spearman mean {np.mean(scores):.4f} (sd {np.std(scores):.4f}, "
+            print(f"{recipe} {fw}: {score_key(recipe)} mean {np.mean(scores):.4f} (sd {np.std(scores):.4f}, "
                   f"{len(runs)} seed(s)), train time mean {mean[fw]:.1f} s")
         if len(mean) == 2:
             ratio = mean["jaxsbert"] / mean["sentence-transformers"]

@@ -325,3 +325,21 @@ def test_packed_row_length_auto_or_fixed():
     for bad in ("long", 0, True, 2.5):
         with pytest.raises(ValueError, match="pack_length must be 'auto' or a positive number of tokens"):
             DataLoader(ds, tok, batch_size=16, seed=3, packing=True, pack_length=bad)
+
+
+def test_first_fit_tree_places_as_a_scan_of_the_rows():
+    """FirstFit (a max-tree over the rows' free tokens) puts every sentence where scanning the rows in order
+    for the first with room and a free segment would."""
+    from jaxsbert.data.packing import FirstFit
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        length, segments, capacity = int(rng.integers(4, 40)), int(rng.integers(1, 6)), int(rng.integers(1, 30))
+        fit, free, used = FirstFit(capacity, length, segments), [length] * capacity, [0] * capacity
+        for n in rng.integers(1, length + 1, int(rng.integers(1, 80))).tolist():
+            expected = next((r for r in range(capacity) if free[r] >= n and used[r] < segments), None)
+            assert fit.place(n) == expected
+            if expected is not None:
+                free[expected] -= n
+                used[expected] += 1
+        assert fit.rows == max((r + 1 for r in range(capacity) if used[r]), default=0)

@@ -38,6 +38,41 @@ def is_packed(features) -> bool:
     return isinstance(features, dict) and "slots" in features
 
 
+class FirstFit:
+    """Rows of ``row_length`` tokens with at most ``max_segments`` sentences each, filled first-fit:
+    :meth:`place` puts a sentence in the lowest-numbered row with room for it (rows are opened in order),
+    in O(log rows) through a max-tree of the rows' free tokens (a full row counts -1): packing a batch of
+    65,536 pairs takes ~1 s instead of the ~hour of a scan over the open rows per sentence."""
+
+    def __init__(self, capacity: int, row_length: int, max_segments: int):
+        self.size = 1 << max(capacity - 1, 0).bit_length()
+        self.tree = [-1] * (2 * self.size)
+        self.tree[self.size:self.size + capacity] = [row_length] * capacity
+        for i in range(self.size - 1, 0, -1):
+            self.tree[i] = max(self.tree[2 * i], self.tree[2 * i + 1])
+        self.used = [0] * capacity
+        self.max_segments = max_segments
+        self.rows = 0               # rows opened so far
+
+    def place(self, n: int) -> int | None:
+        """The row (0-based) the sentence of ``n`` tokens goes to, or None when no row of the capacity fits it."""
+        tree = self.tree
+        if tree[1] < n:
+            return None
+        i = 1
+        while i < self.size:
+            i = 2 * i if tree[2 * i] >= n else 2 * i + 1
+        r = i - self.size
+        self.used[r] += 1
+        tree[i] = tree[i] - n if self.used[r] < self.max_segments else -1
+        i //= 2
+        while i:
+            tree[i] = max(tree[2 * i], tree[2 * i + 1])
+            i //= 2
+        self.rows = max(self.rows, r + 1)
+        return r
+
+
 def assign_rows(lengths: Sequence[int], row_length: int, max_segments: int) -> tuple[np.ndarray, np.ndarray, int]:
     """First-fit decreasing: ``(row, segment)`` (segment 0-based) of each sentence, and the number of rows used.
 
@@ -48,44 +83,25 @@ def assign_rows(lengths: Sequence[int], row_length: int, max_segments: int) -> t
         raise ValueError(f"sentence lengths must be in [1, {row_length}] to pack into rows of {row_length} "
                          f"tokens; got {int(lengths.min())}..{int(lengths.max())}")
     order = np.argsort(-lengths, kind="stable")
-    free: list[int] = []        # tokens left per row
-    used: list[int] = []        # segments used per row
+    rows = FirstFit(max(len(lengths), 1), row_length, max_segments)
     row = np.zeros(len(lengths), np.int64)
     segment = np.zeros(len(lengths), np.int64)
-    for i in order:
-        r = _place(free, used, int(lengths[i]), row_length, max_segments)
-        row[i], segment[i] = r, used[r] - 1
-    return row, segment, len(free)
-
-
-def _first_fit(free: list[int], used: list[int], n: int, max_segments: int) -> int | None:
-    """The first row with room for ``n`` more tokens and one more segment, or None."""
-    return next((r for r in range(len(free)) if free[r] >= n and used[r] < max_segments), None)
-
-
-def _place(free: list[int], used: list[int], n: int, row_length: int, max_segments: int) -> int:
-    """Puts a sentence of ``n`` tokens in the first row it fits (opening a row if none) and returns the row."""
-    r = _first_fit(free, used, n, max_segments)
-    if r is None:
-        r = len(free)
-        free.append(row_length)
-        used.append(0)
-    free[r] -= n
-    used[r] += 1
-    return r
+    for i, n in zip(order.tolist(), lengths[order].tolist()):
+        r = rows.place(n)
+        row[i], segment[i] = r, rows.used[r] - 1
+    return row, segment, rows.rows
 
 
 def fill_groups(lengths: Sequence[int], items: Sequence[int], rows: int, row_length: int, max_segments: int):
     """Splits ``items`` (lengths in decreasing order) into consecutive groups that first-fit into
     ``rows`` rows of ``row_length`` tokens with at most ``max_segments`` sentences each; yields arrays."""
     group: list[int] = []
-    free: list[int] = []
-    used: list[int] = []
+    fit = FirstFit(rows, row_length, max_segments)
     for item, n in zip(items, lengths):
-        if _first_fit(free, used, n, max_segments) is None and len(free) == rows:
+        if fit.place(int(n)) is None:
             yield np.asarray(group)
-            group, free, used = [], [], []
-        _place(free, used, n, row_length, max_segments)
+            group, fit = [], FirstFit(rows, row_length, max_segments)
+            fit.place(int(n))
         group.append(item)
     if group:
         yield np.asarray(group)
