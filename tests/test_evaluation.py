@@ -667,3 +667,13 @@ def test_reranking_from_config_rows_grouped_by_query(tmp_path):
     st = st_eval.RerankingEvaluator(list(grouped.values()), at_k=5, name="rr")
     assert_same(mine(FakeEncoder(table, "cosine")), st(STStandIn(table, "cosine")))
     assert mine.primary_metric == "rr_ndcg@5"
+
+
+def test_retrieval_config_errors_name_the_file(tmp_path):
+    from jaxsbert.training.evaluators import build_evaluator
+
+    path = _write_jsonl(tmp_path / "one.jsonl", [{"query": "a"}])
+    with pytest.raises(ValueError, match=r"one.jsonl\): an information_retrieval evaluator needs \(query, relevant"):
+        build_evaluator("ir", {"type": "information_retrieval", "source": path})
+    with pytest.raises(ValueError, match=r"one.jsonl\): a reranking evaluator needs \(query, positive, negative"):
+        build_evaluator("rr", {"type": "reranking", "source": path})

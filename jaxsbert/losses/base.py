@@ -184,11 +184,11 @@ def check_labels_range(loss: str, labels: np.ndarray, low: float, high: float, s
 def with_sentence_ids(features: Sequence[dict]) -> tuple[dict, ...]:
     """Unpacked columns with ``sentence_ids`` (each token's sentence in the global batch, the key of its
     dropout masks): row b of column c of C is sentence ``b * C + c`` (:func:`jaxsbert.data.packing.sentence_index`).
-    Columns that carry them already keep theirs."""
+    Columns that carry them already keep theirs, as do features that are not token ids (no ``input_ids``)."""
     features = tuple(features)
     out = []
     for c, f in enumerate(features):
-        if "sentence_ids" not in f:
+        if "sentence_ids" not in f and "input_ids" in f:
             shape = jnp.shape(f["input_ids"])
             ids = sentence_index(jnp.arange(shape[0], dtype=jnp.int32), len(features))[:, c]
             f = {**f, "sentence_ids": jnp.broadcast_to(ids[:, None], shape).astype(jnp.int32)}

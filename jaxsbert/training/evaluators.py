@@ -144,13 +144,19 @@ def _ir_from_files(name: str, files: dict, data_root) -> tuple[dict, dict, dict]
     return queries, corpus, relevant
 
 
-def _ir_from_columns(name: str, spec: dict, corpus_spec, data_root) -> tuple[dict, dict, dict]:
+def _text_columns(name: str, spec: dict, data_root, what: str, columns: str, at_least: int) -> tuple[list, ...]:
+    """The text columns of an evaluator's dataset, at least ``at_least`` of them (``columns`` says which)."""
     ds = jdata.load_dataset(spec, data_root=data_root)
     source = f"evaluator {name!r} ({jdata.dataset_source(ds)})"
-    texts = _texts(ds, source, "an information_retrieval evaluator")
-    if len(texts) < 2:
-        raise ValueError(f"{source}: an information_retrieval evaluator needs (query, relevant document, "
-                         f"[more documents ...]) columns; got {ds.column_names}")
+    texts = _texts(ds, source, what)
+    if len(texts) < at_least:
+        raise ValueError(f"{source}: {what} needs {columns} columns; got {ds.column_names}")
+    return texts
+
+
+def _ir_from_columns(name: str, spec: dict, corpus_spec, data_root) -> tuple[dict, dict, dict]:
+    texts = _text_columns(name, spec, data_root, "an information_retrieval evaluator",
+                          "(query, relevant document, [more documents ...])", 2)
     documents = list(dict.fromkeys(t for column in texts[1:] for t in column))
     if corpus_spec is not None:
         extra = jdata.load_dataset(corpus_spec, data_root=data_root)
@@ -165,12 +171,7 @@ def _ir_from_columns(name: str, spec: dict, corpus_spec, data_root) -> tuple[dic
 
 
 def _reranking_samples(name: str, spec: dict, data_root) -> list[dict]:
-    ds = jdata.load_dataset(spec, data_root=data_root)
-    source = f"evaluator {name!r} ({jdata.dataset_source(ds)})"
-    texts = _texts(ds, source, "a reranking evaluator")
-    if len(texts) < 3:
-        raise ValueError(f"{source}: a reranking evaluator needs (query, positive, negative, [negative ...]) "
-                         f"columns; got {ds.column_names}")
+    texts = _text_columns(name, spec, data_root, "a reranking evaluator", "(query, positive, negative, [negative ...])", 3)
     samples: dict[str, dict] = {}
     as_list = lambda x: list(x) if isinstance(x, (list, tuple)) else [x]
     for row, (query, positive, *negatives) in enumerate(zip(*texts)):
