@@ -17,8 +17,9 @@ sentence index xor a key word, plus the position, mixed again) and ``mix`` the m
 finalizer (a bijection with full avalanche). Threefry for every element costs ~20 rounds of integer
 work; this is ~7 operations, and on CPU it is what dropout cost: attention-probability dropout draws one
 number per score, ``[rows, heads, L, L]`` per layer (~6M per step of a batch of 16 packed STSb pairs).
-Measured on such a CoSENT step: dropout ~53 ms with flax's Dropout, ~10 ms hashed (one layer's attention
-mask: 15.5 ms with ``jax.random.bernoulli``, 0.7 ms hashed). The key words are read from the key
+Measured on such a CoSENT step with the earlier element-index hash (session 4; the token-keyed bits add ~3
+integer operations per element and two [rows, L] words per site, not re-timed alone): dropout ~53 ms with
+flax's Dropout, ~10 ms hashed (one layer's attention mask: 15.5 ms with ``jax.random.bernoulli``, 0.7 ms hashed). The key words are read from the key
 (``key_data``) rather than drawn (``jax.random.bits``): MiniLM's train step has 19 dropouts, and those
 draws were ~0.5 s of its ~4.3 s compilation on 2 CPU cores.
 """
