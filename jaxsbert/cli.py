@@ -78,25 +78,22 @@ def cmd_train(args) -> None:
             raise SystemExit(128 + signal.Signals[result["signal"]].value)
 
 
+def _dataset_spec(text: str, split: str | None = None) -> dict:
+    spec = json.loads(text) if text.strip().startswith("{") else {"source": text}
+    if split:
+        spec["split"] = split
+    return spec
+
+
 def cmd_eval(args) -> None:
     from jaxsbert.encoder import SentenceEncoder
     from jaxsbert.models.bundled import resolve_model
     from jaxsbert.training.evaluators import build_evaluator
 
     encoder = SentenceEncoder.from_pretrained(resolve_model(args.model))
-    spec = json.loads(args.data) if args.data.strip().startswith("{") else {"source": args.data}
-    if args.split:
-        spec["split"] = args.split
-    evaluator = build_evaluator(args.name, spec, data_root=args.data_root)
+    evaluator = build_evaluator(args.name, _dataset_spec(args.data, args.split), data_root=args.data_root)
     metrics = evaluator(encoder)
     print(json.dumps(metrics, indent=2))
-
-
-def _dataset_spec(text: str, split: str | None = None) -> dict:
-    spec = json.loads(text) if text.strip().startswith("{") else {"source": text}
-    if split:
-        spec["split"] = split
-    return spec
 
 
 def cmd_mine(args) -> None:

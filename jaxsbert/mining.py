@@ -25,6 +25,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from jaxsbert.evaluation.similarity import normalize
+
 log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
@@ -107,11 +109,6 @@ def top_k_similar(queries: np.ndarray, corpus: np.ndarray, k: int, block: Option
     return scores, indices
 
 
-def _normalized(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def mine_from_embeddings(queries: Sequence[str], positives: Sequence[str], corpus: Sequence[str],
                          query_embeddings: np.ndarray, corpus_embeddings: np.ndarray, options: MiningOptions,
                          anchor_column_name: str = "anchor", positive_column_name: str = "positive",
@@ -133,7 +130,7 @@ def mine_from_embeddings(queries: Sequence[str], positives: Sequence[str], corpu
             query_in_corpus[query_index[q]] = -1
     max_positives = max(len(p) for p in positive_indices)
     options = options.checked(max_positives)
-    q_emb, c_emb = _normalized(query_embeddings), _normalized(corpus_embeddings)
+    q_emb, c_emb = (normalize(np.asarray(e, np.float32)) for e in (query_embeddings, corpus_embeddings))
 
     scores, indices = top_k_similar(q_emb, c_emb, options.range_max + max_positives + 1, progress=progress)
     n_positives = np.asarray([len(p) for p in positive_indices])

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxsbert.evaluation.base import Evaluator, encode_unique, resolve_fn_names
 from jaxsbert.evaluation.similarity import similarity_matrix
+from jaxsbert.evaluation.stats import average_precision     # scikit-learn's average_precision_score
 
 
 def _as_list(x) -> list[str]:
@@ -47,18 +48,6 @@ def ndcg(relevant: np.ndarray, scores: np.ndarray, k: int) -> float:
     dcg = float(np.sum(gains / counts * group_discounts))
     ideal = float(np.sum(np.sort(relevant.astype(np.float64))[::-1] * discount))
     return dcg / ideal if ideal > 0 else 0.0
-
-
-def average_precision(relevant: np.ndarray, scores: np.ndarray) -> float:
-    """scikit-learn's ``average_precision_score``: sum over distinct scores (high to low) of the recall step
-    times the precision at that score."""
-    order = np.argsort(-scores, kind="stable")
-    s, rel = scores[order], relevant[order].astype(np.float64)
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]         # the last candidate of each distinct score
-    tp = np.cumsum(rel)[last]
-    precision = tp / (last + 1)
-    recall_step = np.diff(tp, prepend=0.0) / max(tp[-1], 1.0)
-    return float(np.sum(recall_step * precision))
 
 
 def reranking_metrics(query_embeddings: np.ndarray, candidates: Sequence[np.ndarray], n_positives: Sequence[int],
