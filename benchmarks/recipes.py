@@ -44,8 +44,10 @@ def run_st_retrieval(seed: int) -> dict:
     from sentence_transformers.training_args import BatchSamplers
     from sentence_transformers.util import mine_hard_negatives
 
+    from jaxsbert.config import load_config_file
     from jaxsbert.data import load_dataset
     from jaxsbert.models.bundled import resolve_model
+    from jaxsbert.training.evaluators import build_evaluator
 
     torch.manual_seed(seed)
     t = time.time()
@@ -60,15 +62,10 @@ def run_st_retrieval(seed: int) -> dict:
                                          loss=losses.MultipleNegativesRankingLoss(model))
     trainer.train()
     seconds = time.time() - t
-    test = load_dataset({"source": "stsb", "split": "test", "min_score": 0.8})
-    corpus_texts = list(dict.fromkeys(list(test["sentence2"]) + list(load_dataset({"source": "stsb", "split": "test"})["sentence2"])))
-    doc_id = {d: f"d{i}" for i, d in enumerate(corpus_texts)}
-    query_id = {q: f"q{i}" for i, q in enumerate(dict.fromkeys(test["sentence1"]))}
-    relevant = {}
-    for q, d in zip(test["sentence1"], test["sentence2"]):
-        relevant.setdefault(query_id[q], set()).add(doc_id[d])
-    ir = InformationRetrievalEvaluator({i: q for q, i in query_id.items()}, {i: d for d, i in doc_id.items()},
-                                       relevant, name="test")
+    # the query/corpus split exactly as the config's evaluator builds it
+    ours = build_evaluator("test", load_config_file("stsb_retrieval")["data"]["eval"]["stsb-test-ir"])
+    ir = InformationRetrievalEvaluator(dict(zip(ours.queries_ids, ours.queries)), dict(zip(ours.corpus_ids, ours.corpus)),
+                                       ours.relevant_docs, name="test")
     metrics = ir(model)
     return {"framework": "sentence-transformers", "recipe": "stsb_retrieval", "train_seconds": round(seconds, 1),
             "test_mrr@10": float(metrics["test_cosine_mrr@10"]), "test_ndcg@10": float(metrics["test_cosine_ndcg@10"]),

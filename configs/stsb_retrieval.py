@@ -1,7 +1,7 @@
 """Retrieval: MultipleNegativesRankingLoss with mined hard negatives on the highly similar STSb pairs
 (score >= 4 of 5), evaluated by retrieval (MRR@10, NDCG@10, ...) on a held-out split built from the STSb
 test pairs: each test sentence1 of a pair scored >= 4 is a query, its sentence2 the relevant document,
-and every sentence2 of the test split (1,379) the corpus. Two commands, offline:
+and every distinct sentence2 of the test split (1,337) the corpus. Two commands, offline:
 
     jaxsbert mine --model sentence-transformers/all-MiniLM-L6-v2 \\
         --dataset '{"source": "stsb", "split": "train", "min_score": 0.8, "columns": ["sentence1", "sentence2"]}' \\
