@@ -274,6 +274,7 @@ def run_trainer_step(spec: dict) -> dict:
         "data": {"train": {"pairs": {"source": data}}, "eval": {}},
         "loss": {"name": "CachedMultipleNegativesRankingLoss", "mini_batch_size": spec["mini_batch_size"]},
         "eval_before": False, "save_model": False, "tensorboard": False, "log_every": 1,
+        "compilation_cache": None,     # every run compiles its step (a cache hit would hide the compiler's memory)
         "checkpoint": {"every_steps": 0, "keep": 1, "async": False},
     }
     from jaxsbert.config import build_config

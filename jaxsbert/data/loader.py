@@ -312,7 +312,9 @@ class DataLoader:
             except ValueError:
                 self._bad_label(name, rows, read.labels, valid, check)
         texts = [t for column in read.texts for t in column]
-        ids = self.tokenizer(texts) if texts else []
+        # int32 arrays, not the tokenizer's lists of Python ints: ~3.5x less memory for the batches kept
+        # (65,536 pairs: ~80 MiB as lists)
+        ids = [np.asarray(t, np.int32) for t in self.tokenizer(texts)] if texts else []
         n = len(rows)
         tokens = [ids[c * n:(c + 1) * n] for c in range(len(read.texts))]
         limit = getattr(self.tokenizer, "max_seq_length", None)

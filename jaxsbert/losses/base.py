@@ -336,7 +336,7 @@ class Loss:
                 from jaxsbert.losses.gradcache import packed_grad_cache_value_and_grad
 
                 return packed_grad_cache_value_and_grad(lambda e, h: self(h, e, labels, mask), embed_fn, params,
-                                                        head_params, features, rng, chunk, self.name)
+                                                        head_params, features, mask, rng, chunk, self.name)
 
             def total_packed(p, h):
                 emb = embed_fn(p, features, rng)              # [B, columns, D]

@@ -19,9 +19,9 @@ devices along its first axis is reshaped to ``[chunk, n, ...]`` and every chunk 
 so the passes run data-parallel without moving rows between devices.
 
 Packed batches (:mod:`jaxsbert.data.packing`) are chunked the same way along their packed rows: a
-chunk is a fixed token budget (rows x row length) holding as many sentences as its rows hold, and
-pass 1 gives every slot of every row its embedding; the loss gathers the columns' embeddings from the
-slots, so pass 2's gradient lands on the slots and pass 3 pulls each chunk's slots back.
+chunk is a fixed token budget (rows x row length) holding as many sentences as its rows hold; pass 1
+scatters each chunk's slot embeddings into the batch's sentence embeddings, pass 3 gathers each
+chunk's slots' gradients back from the loss's.
 """
 from __future__ import annotations
 
@@ -116,26 +116,85 @@ def grad_cache_value_and_grad(loss_fn: Callable[[tuple, Any], jax.Array], embed_
 
 
 def packed_grad_cache_value_and_grad(loss_fn: Callable[[tuple, Any], jax.Array], embed_fn: EmbedFn, params: Any,
-                                     head_params: Any, features: dict, rng: jax.Array | None, chunk_rows: int,
-                                     name: str = "loss") -> tuple[jax.Array, tuple[Any, Any]]:
-    """:func:`grad_cache_value_and_grad` of a packed batch (``features`` with ``slots`` [B, columns]),
-    in chunks of the largest divisor of its rows that is at most ``chunk_rows``. ``embed_fn`` must say
-    how many slots its model gives a row (``embed_fn.max_segments``, see ``make_embed_fn``)."""
+                                     head_params: Any, features: dict, mask: jax.Array | None, rng: jax.Array | None,
+                                     chunk_rows: int, name: str = "loss") -> tuple[jax.Array, tuple[Any, Any]]:
+    """:func:`grad_cache_value_and_grad` of a packed batch (``features`` with ``slots`` [B, columns]; ``mask``
+    the [B] valid rows or None), in chunks of the largest divisor of its rows that is at most ``chunk_rows``.
+    ``embed_fn`` must say how many slots its model gives a row (``embed_fn.max_segments``, see ``make_embed_fn``).
+
+    Pass 1 writes each chunk's slot embeddings straight into the [B * columns, D] array of the batch's
+    sentences (a scatter by each slot's sentence index ``b * columns + c``; empty slots are dropped), and
+    pass 3 gathers each chunk's slots' gradients back from that array: memory O(sentences x D), not
+    O(rows x max_segments x D) (at 65,536 pairs, ~3 sentences a row and 32 slots a row, ~10x less). A
+    slot's sentence is read from its tokens' ``sentence_ids`` (the packed batches of the data loader carry
+    them: :func:`jaxsbert.data.packing.sentence_index`), chunk by chunk on the chunk's own devices; without
+    them, from the inverse of ``slots`` over the valid rows."""
     segments = getattr(embed_fn, "max_segments", None)
     if segments is None:
         raise ValueError(f"{name}: gradient caching on packed batches needs embed_fn.max_segments "
                          "(the model's sentences per packed row); make embed_fn with training.step.make_embed_fn")
     slots = features["slots"]
+    batch, columns = slots.shape
+    sentences = batch * columns
     rows = features["input_ids"].shape[0]
     chunk = largest_divisor(rows, chunk_rows)
     n_chunks = rows // chunk
-    # row r is row r // n_chunks of its chunk (split_chunks), so its slots there start at that times S
-    chunk_slots = ((jnp.arange(rows) // n_chunks)[:, None] * segments + jnp.arange(segments)[None]).astype(jnp.int32)
-    row_features = {**{k: v for k, v in features.items() if k != "slots"}, "slots": chunk_slots}
+    # chunk k is rows k::n_chunks (as split_chunks), read in place from the [chunk, n_chunks, ...] view of the
+    # batch (no transposed copy); row j of a chunk has the chunk's slots j * S ... j * S + S - 1
+    by_chunk = jax.tree_util.tree_map(lambda a: a.reshape(chunk, n_chunks, *a.shape[1:]),
+                                      {k: v for k, v in features.items() if k != "slots"})
+    chunk_slots = jnp.arange(chunk * segments, dtype=jnp.int32).reshape(chunk, segments)
 
-    def slot_loss(embeddings, head):     # ([rows, S, D],) -> the loss on the columns gathered from the slots
-        every_slot = embeddings[0].reshape(-1, embeddings[0].shape[-1])
-        columns = jnp.take(every_slot, slots, axis=0)                  # [B, columns, D]
-        return loss_fn(tuple(columns[:, c] for c in range(columns.shape[1])), head)
+    def chunk_features(k):
+        f_k = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False), by_chunk)
+        return {**f_k, "slots": chunk_slots}
 
-    return grad_cache_value_and_grad(slot_loss, embed_fn, params, head_params, (row_features,), rng, chunk, name)
+    if "sentence_ids" in features:      # each slot's sentence, from its tokens: per chunk, on the chunk's devices
+        chunk_sentences = None
+    else:                               # the inverse of ``slots`` over the valid rows (a [rows * S] array)
+        valid = jnp.broadcast_to((jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask, bool))[:, None],
+                                 (batch, columns))
+        of_slot = jnp.full((rows * segments,), sentences, jnp.int32).at[jnp.where(valid, slots, rows * segments)
+                                                                         .reshape(-1)].set(jnp.arange(sentences, dtype=jnp.int32), mode="drop")
+        chunk_sentences = split_chunks(of_slot.reshape(rows, segments), n_chunks).reshape(n_chunks, chunk * segments)
+
+    def slot_sentences(f_k, ids_k):     # [chunk * S]: the sentence (b * columns + c) in each slot; ``sentences``: empty
+        if ids_k is not None:
+            return ids_k
+        in_slot = f_k["attention_mask"][:, :, None] == jnp.arange(1, segments + 1, dtype=f_k["attention_mask"].dtype)
+        ids = jnp.max(jnp.where(in_slot, f_k["sentence_ids"][:, :, None].astype(jnp.int32), -1), axis=1)   # [chunk, S]
+        return jnp.where(ids < 0, sentences, ids).reshape(-1)
+
+    def embed(p, f_k):                  # [chunk * S, D]: the chunk's slot embeddings
+        e = embed_fn(p, f_k, rng)
+        return e.reshape(-1, e.shape[-1])
+
+    shape = jax.eval_shape(embed, params, chunk_features(0))
+    ks = jnp.arange(n_chunks)
+
+    # Pass 1: every chunk's sentences' embeddings, without activations.
+    def embed_chunk(out, a):
+        k, ids_k = a
+        f_k = chunk_features(k)
+        return out.at[slot_sentences(f_k, ids_k)].set(jax.lax.stop_gradient(embed(params, f_k)), mode="drop"), None
+
+    embeddings, _ = jax.lax.scan(embed_chunk, jnp.zeros((sentences, shape.shape[-1]), shape.dtype), (ks, chunk_sentences))
+
+    # Pass 2: the loss and its gradient wrt the sentences' embeddings (and the head).
+    def sentence_loss(e, head):
+        e = e.reshape(batch, columns, -1)
+        return loss_fn(tuple(e[:, c] for c in range(columns)), head)
+
+    loss, (emb_grads, head_grads) = jax.value_and_grad(sentence_loss, argnums=(0, 1))(embeddings, head_params)
+
+    # Pass 3: each chunk's slots' gradients (0 for empty slots) back through the encoder.
+    def backward_chunk(acc, a):
+        k, ids_k = a
+        f_k = chunk_features(k)
+        g_k = jnp.take(emb_grads, slot_sentences(f_k, ids_k), axis=0, mode="fill", fill_value=0)
+        _, pullback = jax.vjp(lambda p: embed(p, f_k), params)
+        (g_params,) = pullback(g_k)
+        return jax.tree_util.tree_map(jnp.add, acc, g_params), None
+
+    grads, _ = jax.lax.scan(backward_chunk, jax.tree_util.tree_map(jnp.zeros_like, params), (ks, chunk_sentences))
+    return loss, (grads, head_grads)
