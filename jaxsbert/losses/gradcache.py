@@ -152,10 +152,9 @@ def packed_grad_cache_value_and_grad(loss_fn: Callable[[tuple, Any], jax.Array],
     if "sentence_ids" in features:      # each slot's sentence, from its tokens: per chunk, on the chunk's devices
         chunk_sentences = None
     else:                               # the inverse of ``slots`` over the valid rows (a [rows * S] array)
-        valid = jnp.broadcast_to((jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask, bool))[:, None],
-                                 (batch, columns))
-        of_slot = jnp.full((rows * segments,), sentences, jnp.int32).at[jnp.where(valid, slots, rows * segments)
-                                                                         .reshape(-1)].set(jnp.arange(sentences, dtype=jnp.int32), mode="drop")
+        kept = slots if mask is None else jnp.where(jnp.asarray(mask, bool)[:, None], slots, rows * segments)
+        of_slot = jnp.full((rows * segments,), sentences, jnp.int32)
+        of_slot = of_slot.at[kept.reshape(-1)].set(jnp.arange(sentences, dtype=jnp.int32), mode="drop")
         chunk_sentences = split_chunks(of_slot.reshape(rows, segments), n_chunks).reshape(n_chunks, chunk * segments)
 
     def slot_sentences(f_k, ids_k):     # [chunk * S]: the sentence (b * columns + c) in each slot; ``sentences``: empty
