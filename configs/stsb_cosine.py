@@ -19,5 +19,6 @@ def get_config():
         "epochs": 1,
         "optim": {"lr": 2e-5, "warmup_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0},
         "log_every": 20,
-        "eval_before": False,
+        "eval_before": True,
+        "eval_every": 90,            # 360 steps: dev (and test) Spearman at 0, 90, 180, 270, 360
     }

@@ -36,6 +36,7 @@ def get_config():
         "epochs": 1,
         "optim": {"lr": 2e-5, "warmup_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0},
         "log_every": 10,
+        "eval_every": 10,            # ~44 steps: dev (and test) retrieval scores at 0, 10, 20, 30, 40 and the end
         "eval_before": True,
         "best_metric": "stsb-dev-ir_cosine_ndcg@10",
     }

@@ -143,8 +143,14 @@ def cmd_export(args) -> None:
 def cmd_plot(args) -> None:
     from jaxsbert.training.metrics import plot
 
-    for path in plot(args.workdir, args.out):
-        print(path)
+    if not os.path.isdir(args.workdir):
+        raise SystemExit(f"error: {args.workdir}: no such directory (a jaxsbert train --workdir)")
+    try:
+        paths = plot(args.workdir, args.out)
+    except FileNotFoundError as e:       # no metrics.jsonl: the message names it
+        raise SystemExit(f"error: {e}")
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

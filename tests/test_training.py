@@ -384,7 +384,7 @@ def test_cli_train_export_and_sentence_transformers_loads(tiny_model, tmp_path):
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     np.testing.assert_array_equal(ours, final)
     main(["plot", workdir])
-    assert os.path.exists(os.path.join(workdir, "plots", "train_loss.png"))
+    assert os.path.exists(os.path.join(workdir, "report.png"))
     with pytest.raises(SystemExit, match="unknown config key 'epoch'.*'epochs'"):
         main(["train", str(cfg), "--workdir", str(tmp_path / "bad"), "-o", "epoch=2"])
 
