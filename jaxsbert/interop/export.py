@@ -78,7 +78,8 @@ def save_sentence_transformer(encoder: Any, directory: str, model_card: str | No
             modules.append({"idx": i + 1, "name": str(i + 1), "path": name, "type": MODULE_TYPES[type(module)]})
             os.mkdir(os.path.join(tmp, name))
             if isinstance(module, PoolingConfig):
-                _write_json(os.path.join(tmp, name, "config.json"), module.to_st_dict())
+                _write_json(os.path.join(tmp, name, "config.json"),
+                            {**module.to_st_dict(), "include_prompt": getattr(encoder, "pooling_include_prompt", True)})
             elif isinstance(module, DenseConfig):
                 _write_json(os.path.join(tmp, name, "config.json"), module.to_st_dict())
                 hf.save_state_dict(hf.flax_to_state_dict(encoder.params[name]),
@@ -86,9 +87,10 @@ def save_sentence_transformer(encoder: Any, directory: str, model_card: str | No
         _write_json(os.path.join(tmp, "modules.json"), modules)
         _write_json(os.path.join(tmp, "config_sentence_transformers.json"), {
             "__version__": _versions(),
-            "prompts": {},
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
+            "prompts": dict(getattr(encoder, "prompts", None) or {}),
+            "default_prompt_name": getattr(encoder, "default_prompt_name", None),
+            "similarity_fn_name": getattr(encoder, "similarity_fn_name", None) or "cosine",
+            **({"truncate_dim": encoder.truncate_dim} if getattr(encoder, "truncate_dim", None) else {}),
         })
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf8") as f:
             f.write(model_card_text(config, base_model=base_model or _hub_id(getattr(encoder, "source", None)),

@@ -30,17 +30,38 @@ def read_json(path: str) -> dict[str, Any]:
 
 
 def resolve(path_or_id: str) -> str:
-    """A local directory as is; otherwise a Hugging Face hub id, downloaded (needs the network)."""
-    if os.path.isdir(path_or_id):
-        return path_or_id
-    if os.path.exists(path_or_id):
-        raise ValueError(f"{path_or_id}: expected a model directory, got a file")
-    try:
-        from huggingface_hub import snapshot_download
+    """A local directory as is; a bundled model's hub id (:mod:`jaxsbert.models.bundled`) -> its installed
+    directory; otherwise a Hugging Face hub id, fetched with ``snapshot_download`` (from the local hub cache
+    only when HF_HUB_OFFLINE is set). Anything else raises one FileNotFoundError line, without the hub's
+    own error text."""
+    from jaxsbert.models.bundled import describe_missing, resolve_model
 
-        return snapshot_download(path_or_id)
-    except Exception as e:  # offline, unknown id, ...
-        raise FileNotFoundError(f"{path_or_id}: not a local directory, and fetching it from the hub failed ({e})") from None
+    path = resolve_model(path_or_id)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise ValueError(f"{path_or_id}: expected a model directory, got a file")
+    missing = describe_missing(path_or_id)
+    try:
+        from huggingface_hub import constants, errors, snapshot_download
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(path)
+    except Exception:   # not a hub id (a path such as ./runs/x or a/b/c), or no huggingface_hub
+        raise FileNotFoundError(missing) from None
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        return snapshot_download(path, local_files_only=offline)
+    except errors.LocalEntryNotFoundError:
+        reason = ("not in the local hub cache and HF_HUB_OFFLINE is set" if offline
+                  else "the Hugging Face hub could not be reached and it is not in the local hub cache")
+    except errors.GatedRepoError:
+        reason = "the hub repository is gated (log in with a token that has access)"
+    except errors.RepositoryNotFoundError:
+        reason = "no such model on the Hugging Face hub either"
+    except Exception as e:  # noqa: BLE001 - any other hub failure, in one line
+        reason = f"fetching it from the hub failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    raise FileNotFoundError(f"{missing}; {reason}") from None
 
 
 def _module_kind(entry: dict, source: str) -> str:
@@ -117,6 +138,45 @@ def load(path_or_id: str) -> tuple[SentenceModelConfig, dict, str]:
     config = SentenceModelConfig(family, tconf, tuple(modules), int(max_seq_length),
                                  bool(sbert_cfg.get("do_lower_case", False)))
     return (*_load_params(config, tdir, dense_dirs), tdir)
+
+
+SIMILARITY_FN_NAMES = ("cosine", "dot", "euclidean", "manhattan")
+
+
+def read_settings(directory: str) -> dict[str, Any]:
+    """A model directory's inference settings, as ``SentenceTransformer`` reads them:
+
+    ``prompts`` (name -> text; None texts become ""), ``default_prompt_name``, ``similarity_fn_name``
+    (None when absent; a name sentence-transformers' SentenceTransformer does not support, e.g. "maxsim",
+    is ignored with a warning, as it ignores it) and ``truncate_dim`` from config_sentence_transformers.json,
+    and ``include_prompt``: False when a Pooling module's config.json says so (prompt tokens are then left
+    out of the pooling). A directory without these files gets the defaults.
+    """
+    path = os.path.join(directory, "config_sentence_transformers.json")
+    saved = read_json(path) if os.path.exists(path) else {}
+    prompts = saved.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(v, (str, type(None))) for v in prompts.values()):
+        raise ValueError(f"{path}: 'prompts' must map names to strings, got {prompts!r:.80}")
+    prompts = {str(k): v or "" for k, v in prompts.items()}
+    default = saved.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise ValueError(f"{path}: default_prompt_name {default!r} is not a key of 'prompts' {sorted(prompts)}")
+    similarity = saved.get("similarity_fn_name")
+    if similarity is not None and similarity not in SIMILARITY_FN_NAMES:
+        import warnings
+
+        warnings.warn(f"{path}: similarity_fn_name {similarity!r} is not one of {list(SIMILARITY_FN_NAMES)}; "
+                      "using cosine (as sentence-transformers' SentenceTransformer does)", stacklevel=2)
+        similarity = None
+    include_prompt = True
+    modules_path = os.path.join(directory, "modules.json")
+    if os.path.exists(modules_path):
+        for entry in read_json(modules_path):
+            pooling_path = os.path.join(directory, entry.get("path", ""), "config.json")
+            if entry.get("type", "").endswith("Pooling") and os.path.exists(pooling_path):
+                include_prompt = include_prompt and bool(read_json(pooling_path).get("include_prompt", True))
+    return {"prompts": prompts, "default_prompt_name": default, "similarity_fn_name": similarity,
+            "truncate_dim": saved.get("truncate_dim"), "include_prompt": include_prompt}
 
 
 def _load_params(config: SentenceModelConfig, transformer_dir: str,
