@@ -12,6 +12,8 @@ import copy
 import difflib
 import importlib.util
 import os
+import re
+import traceback
 from typing import Any
 
 DEFAULTS: dict[str, Any] = {
@@ -90,9 +92,54 @@ def _flat_keys(d: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _suggest(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+# sentence-transformers / transformers TrainingArguments names (and a few other common spellings) -> ours
+ALIASES: dict[str, str] = {
+    "learning_rate": "optim.lr", "lr": "optim.lr",
+    "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+    "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "warmup_steps": "optim.warmup_steps", "warmup_ratio": "optim.warmup_ratio",
+    "weight_decay": "optim.weight_decay", "max_grad_norm": "optim.max_grad_norm",
+    "gradient_accumulation_steps": "optim.grad_accum_steps", "lr_scheduler_type": "optim.schedule",
+    "scheduler": "optim.schedule", "optimizer": "optim.name",
+    "adam_beta1": "optim.b1", "adam_beta2": "optim.b2", "adam_epsilon": "optim.eps",
+    "eval_steps": "eval_every", "logging_steps": "log_every",
+    "save_steps": "checkpoint.every_steps", "save_total_limit": "checkpoint.keep",
+    "bf16": "compute_dtype='bfloat16'", "fp16": "compute_dtype='bfloat16' (float16 is not supported)",
+    "gradient_checkpointing": "remat", "metric_for_best_model": "best_metric",
+    "model_name_or_path": "model", "model_name": "model", "max_seq_len": "max_seq_length",
+    "dataloader_drop_last": "data.drop_last", "batch_sampler": "data.batch_sampler",
+    "multi_dataset_batch_sampler": "data.multi_dataset_sampler", "output_dir": "the --workdir option",
+}
+
+
+def suggest(key: str, known: list[str]) -> str:
+    """'; did you mean X?' for an unknown dotted config key, or ''. Tries, in order: the key's last part
+    as a sentence-transformers training argument (:data:`ALIASES`), a known key with the same last part
+    in another place (``optim.max_steps`` -> ``max_steps``), then the nearest spelling (difflib)."""
+    last = key.rsplit(".", 1)[-1]
+    if last in ALIASES:
+        target = ALIASES[last]
+        shown = target if " " in target or "=" in target else repr(target)
+        return f"; did you mean {shown}? ({last!r} is sentence-transformers' name)"
+    same = [k for k in known if k.rsplit(".", 1)[-1] == last and k != key]
+    close = same or difflib.get_close_matches(key, known, n=1, cutoff=0.6) \
+        or difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+
+def _line_of(source: str, key: str) -> str:
+    """``source:LINE`` where a config file first writes ``key`` (its last part, quoted or as ``key=``), else
+    ``source``."""
+    if not source.endswith(".py") or not os.path.isfile(source):
+        return source
+    last = key.rsplit(".", 1)[-1]
+    pattern = re.compile(rf"""(['"]){re.escape(last)}\1\s*:|\b{re.escape(last)}\s*=(?!=)""")
+    with open(source, encoding="utf8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if pattern.search(line):
+                return f"{source}:{number}"
+    return source
 
 
 # dicts whose keys are user-chosen names (datasets, losses by dataset) or free-form kwargs
@@ -106,7 +153,8 @@ def merge(base: dict, update: dict, prefix: str = "", source: str = "config") ->
         if prefix.rstrip(".") in _OPEN_DICTS or any(prefix.startswith(p + ".") for p in _OPEN_DICTS):
             out[k] = copy.deepcopy(v)
         elif k not in base:
-            raise ConfigError(f"{source}: unknown config key {path!r}{_suggest(path, _flat_keys(DEFAULTS))}")
+            raise ConfigError(f"{_line_of(source, path)}: unknown config key {path!r}"
+                              f"{suggest(path, _flat_keys(DEFAULTS))}")
         elif isinstance(base[k], dict) and isinstance(v, dict) and path not in _OPEN_DICTS:
             out[k] = merge(base[k], v, path + ".", source)
         else:
@@ -125,7 +173,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
     config = copy.deepcopy(config)
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
+            raise ConfigError(f"override {item!r} is not key=value (e.g. -o optim.lr=3e-5)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         node, path = config, ""
@@ -134,7 +182,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             open_dict = any(path.startswith(p + ".") for p in _OPEN_DICTS)
             if part not in node and not open_dict:
                 raise ConfigError(f"override {item!r}: unknown config key {path!r}"
-                                  f"{_suggest(path, _flat_keys(config))}")
+                                  f"{suggest(path, _flat_keys(config))}")
             if i == len(parts) - 1:
                 node[part] = _parse_value(text)
             else:
@@ -156,10 +204,30 @@ def load_config_file(path_or_name: str) -> dict:
             raise ConfigError(f"config {path_or_name!r} not found (not a file; shipped configs: {known})")
     spec = importlib.util.spec_from_file_location("jaxsbert_user_config", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path}: a config file must define get_config() -> dict")
-    return merge(DEFAULTS, module.get_config(), source=path)
+    try:
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path}: a config file must define get_config() -> dict")
+        config = module.get_config()
+    except SyntaxError as e:     # IndentationError too
+        file = path if not e.filename or os.path.abspath(e.filename) == os.path.abspath(path) else e.filename
+        where = f"{file}:{e.lineno}" if e.lineno else file
+        text = f" (column {e.offset}: {e.text.strip()!r:.80})" if e.text and e.offset else ""
+        raise ConfigError(f"{where}: {e.msg}{text}") from e
+    except ConfigError:
+        raise
+    except Exception as e:       # anything the config's code raised: name its line
+        raise ConfigError(f"{_raised_at(e, path)}: {type(e).__name__}: {e}") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, expected a dict")
+    return merge(DEFAULTS, config, source=path)
+
+
+def _raised_at(error: BaseException, path: str) -> str:
+    """``path:LINE`` of the last traceback frame of ``error`` in the file ``path`` (else ``path``)."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(path)]
+    return f"{path}:{frames[-1].lineno}" if frames else path
 
 
 # keys that take more than the type of their default

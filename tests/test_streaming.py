@@ -279,7 +279,7 @@ def test_bad_row_mid_run_keeps_the_checkpoint_and_skip_completes(stream_model, t
     trainer = Trainer(str(tmp_path / "cli"), config)
     workdir = str(tmp_path / "run")
     failed = trainer.run(workdir)
-    assert failed.returncode == 1
+    assert failed.returncode == 2         # a user error (jaxsbert.cli)
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {where}: column 'positive' (row {row}): 3 (int), expected a string."), last
     assert "--resume" in last and "Traceback" not in failed.stderr

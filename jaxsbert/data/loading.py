@@ -7,7 +7,11 @@ from (``dataset_source``), so validation errors can name the file.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import difflib
+import glob
+import json
 import os
 import pathlib
 from typing import Any, Callable, Mapping
@@ -163,8 +167,92 @@ def read_sick(split: str = "train", data_root: PathLike | None = None, task: str
 
 # --------------------------------------------------------------------------- files, demo, hub
 
+def json_error(e: json.JSONDecodeError) -> str:
+    """``not valid JSON (Expecting ',' delimiter: column 12)``: a JSON error without json's own line number
+    (the caller names the file's line)."""
+    return f"not valid JSON ({e.msg}: column {e.colno})"
+
+
+def _first_bad_line(path: str, ext: str) -> str | None:
+    """``FILE:LINE: what is wrong`` for the first line of a json / jsonl / csv / tsv file that does not parse
+    (or has a wrong number of fields), else None. Used to explain a file ``datasets`` failed to read."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).lstrip()
+    if ext == ".json" and head[:1] == b"[":          # one JSON document, not JSON lines
+        try:
+            with open(path, encoding="utf8") as f:
+                json.load(f)
+        except json.JSONDecodeError as e:
+            return f"{path}:{e.lineno}: {json_error(e)}"
+        except UnicodeDecodeError as e:
+            return f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"
+        return None
+    if ext in (".json", ".jsonl"):
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    value = json.loads(raw.decode("utf8"))
+                except UnicodeDecodeError as e:
+                    return f"{path}:{number}: not UTF-8 text ({e.reason})"
+                except json.JSONDecodeError as e:
+                    return f"{path}:{number}: {json_error(e)}"
+                if not isinstance(value, dict):
+                    return (f"{path}:{number}: a JSON {type(value).__name__}, expected an object with the columns "
+                            f"as keys (one row per line)")
+        return None
+    try:
+        with open(path, encoding="utf8", newline="") as f:
+            if ext == ".tsv":
+                rows = ((n, line.rstrip("\r\n").split("\t")) for n, line in enumerate(f, 1) if line.strip())
+            else:
+                reader = csv.reader(f)
+                rows = ((reader.line_num, row) for row in reader if row)
+            header = None
+            for number, row in rows:
+                if header is None:
+                    header = row
+                elif len(row) != len(header):
+                    return f"{path}:{number}: expected {len(header)} fields (as the header), got {len(row)}"
+    except UnicodeDecodeError as e:
+        return f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"
+    except csv.Error as e:
+        return f"{path}:{reader.line_num}: not valid csv ({e})"
+    return None
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bars and no error logs from ``datasets`` (read errors are raised as one line instead), nor
+    the hub client's retry warnings."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    verbosity, hub_verbosity = datasets.logging.get_verbosity(), hub_logging.get_verbosity()
+    bars = datasets.is_progress_bar_enabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)
+    hub_logging.set_verbosity(datasets.logging.CRITICAL + 10)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        hub_logging.set_verbosity(hub_verbosity)
+        if bars:
+            datasets.enable_progress_bars()
+
+
 def read_file(path: PathLike) -> datasets.Dataset:
-    """A local csv / tsv / json / jsonl / parquet file (or a glob of them), chosen by extension."""
+    """A local csv / tsv / json / jsonl / parquet file (or a glob of them), chosen by extension.
+
+    A file that does not parse is a ValueError naming the file and line (``FILE:LINE: not valid JSON
+    (...)``, ``FILE:LINE: expected 3 fields (as the header), got 4``)."""
     path = str(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in _FILE_BUILDERS:
@@ -173,12 +261,36 @@ def read_file(path: PathLike) -> datasets.Dataset:
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise ValueError(f"{path}: the dataset file is empty")
     try:
-        ds = datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
+        with _quiet_datasets():
+            ds = datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
     except ValueError as e:
         if "corresponds to no data" in str(e):        # a file with a header and no rows
             raise ValueError(f"{path}: the dataset file has no rows") from None
-        raise
+        raise _unreadable(path, ext, e) from e
+    except datasets.exceptions.DatasetsError as e:      # DatasetGenerationError: a line that does not parse
+        raise _unreadable(path, ext, e) from e
+    if builder == "csv" and any(ds.data.column(c).null_count for c in ds.column_names):
+        # pandas fills a row with too few fields with nulls: name its line (an empty field is not an error)
+        found = next(filter(None, (_first_bad_line(f, ext) for f in _matching(path))), None)
+        if found:
+            raise ValueError(found)
     return _tag(ds, path)
+
+
+def _matching(path: str) -> list[str]:
+    """The files of a path or a glob pattern."""
+    return sorted(glob.glob(path)) if any(ch in path for ch in "*?[") else [path]
+
+
+def _unreadable(path: str, ext: str, error: BaseException) -> ValueError:
+    """The ValueError for a file ``datasets`` could not read: its first bad line, else the root cause."""
+    if ext != ".parquet":
+        found = next(filter(None, (_first_bad_line(f, ext) for f in _matching(path))), None)
+        if found:
+            return ValueError(found)
+    cause = _root_cause(error)
+    text = " ".join(str(cause).split())
+    return ValueError(f"{path}: cannot be read as a {ext[1:]} dataset ({type(cause).__name__}: {text:.300})")
 
 
 def read_demo(split: str = "train") -> datasets.Dataset:
@@ -187,8 +299,16 @@ def read_demo(split: str = "train") -> datasets.Dataset:
 
 
 def read_hub(name: str, split: str = "train", subset: str | None = None) -> datasets.Dataset:
-    """A Hugging Face hub dataset (needs network, or a local datasets cache)."""
-    ds = datasets.load_dataset(name, subset, split=split)
+    """A Hugging Face hub dataset (needs network, or a local datasets cache). A hub that cannot be reached,
+    or has no such dataset, is a FileNotFoundError of one line."""
+    try:
+        with _quiet_datasets():
+            ds = datasets.load_dataset(name, subset, split=split)
+    except (OSError, datasets.exceptions.DatasetsError) as e:       # ConnectionError, DatasetNotFoundError, ...
+        text = " ".join(str(e).split())
+        raise FileNotFoundError(f"dataset {name!r}: not a local file or a named dataset "
+                                f"({', '.join(NAMED_DATASETS)}), and the hub could not give it "
+                                f"({type(e).__name__}: {text:.300})") from e
     if not isinstance(ds, datasets.Dataset):
         raise ValueError(f"hub dataset {name!r} split {split!r} did not give a single Dataset ({type(ds).__name__})")
     return _tag(ds, f"hub:{name}" + (f"/{subset}" if subset else "") + f" [{split}]")
@@ -207,10 +327,70 @@ def _named_readers() -> dict[str, Callable[..., datasets.Dataset]]:
 
 
 NAMED_DATASETS = ("stsb", "sick", "sick-nli", "sick-relatedness", "demo")
+HUB_PREFIX = "hub:"      # "hub:NAME": a hub dataset whose id has no owner part (otherwise taken for a typo)
 
 
 def _looks_like_file(source: str) -> bool:
     return os.path.splitext(source)[1].lower() in _FILE_BUILDERS
+
+
+def resolve_source(options: Mapping[str, Any]) -> tuple[str, str]:
+    """How a spec's ``source`` is read: ``("named", name)``, ``("file", path)`` or ``("hub", id)``.
+
+    A file-like source that does not exist is a FileNotFoundError; a source that is neither a file, a
+    named dataset nor a hub id (``owner/name``, or ``hub:name``) is a ValueError suggesting the nearest
+    named dataset. Reads nothing."""
+    source = str(options["source"])
+    if source.lower() in _named_readers():
+        return "named", source.lower()
+    if source.startswith(HUB_PREFIX):
+        return "hub", source[len(HUB_PREFIX):]
+    root = options.get("data_root")
+    if _looks_like_file(source) or os.path.exists(source):
+        exists = glob.glob if any(ch in source for ch in "*?[") else os.path.exists
+        path = source
+        if not exists(path) and root is not None and not os.path.isabs(path):
+            path = os.path.join(str(root), source)
+        if exists is glob.glob and not glob.glob(path):
+            raise FileNotFoundError(f"dataset file pattern {source!r} matches no file")
+        if not exists(path):
+            tried = "" if root is None or os.path.isabs(source) else f" (nor in data_root {str(root)!r})"
+            raise FileNotFoundError(f"dataset file {source!r} not found{tried}")
+        return "file", path
+    if "/" not in source:
+        close = difflib.get_close_matches(source.lower(), NAMED_DATASETS, n=1, cutoff=0.5)
+        hint = (f"; did you mean {close[0]!r}?" if close
+                else f" (for a hub dataset without an owner write '{HUB_PREFIX}{source}')")
+        raise ValueError(f"dataset {source!r}: not a file and not a named dataset ({', '.join(NAMED_DATASETS)})"
+                         f"{hint}")
+    return "hub", source
+
+
+def check_spec(spec: str | Mapping[str, Any], data_root: PathLike | None = None) -> None:
+    """The checks :func:`load_dataset` makes before reading anything (spec keys, the source exists or is a
+    named dataset or a hub id, ``task`` only for SICK), for a spec or one whose source is a list of files."""
+    options = _options(spec, None, data_root)
+    sources = options["source"] if isinstance(options["source"], (list, tuple)) else [options["source"]]
+    for source in sources:
+        kind, name = resolve_source({**options, "source": source})
+        if options.get("task") is not None and not (kind == "named" and name.startswith("sick")):
+            raise ValueError(f"dataset {str(source)!r}: 'task' is for SICK only (nli or relatedness)")
+
+
+def _options(spec: str | Mapping[str, Any], split: str | None, data_root: PathLike | None) -> dict:
+    options = {"source": spec} if isinstance(spec, (str, os.PathLike, list, tuple)) else dict(spec)
+    unknown = sorted(set(options) - set(_SPEC_KEYS))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], _SPEC_KEYS, n=1, cutoff=0.6)
+        hint = (f"did you mean {close[0]!r}? " if close else "") + f"(known keys: {list(_SPEC_KEYS)})"
+        raise ValueError(f"dataset spec has unknown keys {unknown}; {hint}")
+    if "source" not in options:
+        raise ValueError(f"dataset spec {dict(options)} has no 'source'")
+    if split is not None:
+        options.setdefault("split", split)
+    if data_root is not None:
+        options.setdefault("data_root", data_root)
+    return options
 
 
 def _at_least(ds: datasets.Dataset, min_score: float, source: str) -> datasets.Dataset:
@@ -236,11 +416,13 @@ def load_dataset(spec: str | Mapping[str, Any] | datasets.Dataset, *, split: str
 
     - ``source``: a named dataset (``stsb``, ``sick``, ``sick-nli``, ``sick-relatedness``, ``demo``), a local
       ``.csv/.tsv/.json/.jsonl/.parquet`` file (relative paths are tried in the working directory, then in
-      ``data_root``), or a hub id.
+      ``data_root``), or a hub id (``owner/name``; ``hub:name`` for one without an owner). A name that is
+      none of these is an error suggesting the nearest named dataset.
     - ``split``: train (default) / dev / test (SICK: trial = dev); for hub datasets any split name.
     - ``data_root``: directory holding ``stsbenchmark/`` and ``sick/`` (default :func:`default_data_root`).
     - ``score_divisor``: STSb / SICK relatedness scores are divided by it (default 5).
-    - ``task``: SICK only, ``nli`` (premise, hypothesis, label) or ``relatedness`` (sentence1, sentence2, score).
+    - ``task``: SICK only (an error elsewhere), ``nli`` (premise, hypothesis, label, the default) or
+      ``relatedness`` (sentence1, sentence2, score).
     - ``subset``: hub config name.
     - ``min_score``: keep only the rows whose label / score column is at least this (after ``score_divisor``;
       e.g. the highly similar STSb pairs for in-batch-negatives training or retrieval evaluation).
@@ -251,30 +433,18 @@ def load_dataset(spec: str | Mapping[str, Any] | datasets.Dataset, *, split: str
     """
     if isinstance(spec, datasets.Dataset):
         return spec
-    options = {"source": spec} if isinstance(spec, (str, os.PathLike)) else dict(spec)
-    unknown = sorted(set(options) - set(_SPEC_KEYS))
-    if unknown:
-        raise ValueError(f"dataset spec has unknown keys {unknown}; known keys: {list(_SPEC_KEYS)}")
-    if "source" not in options:
-        raise ValueError(f"dataset spec {dict(options)} has no 'source'")
-    if split is not None:
-        options.setdefault("split", split)
-    if data_root is not None:
-        options.setdefault("data_root", data_root)
-    source = str(options["source"])
-
-    readers = _named_readers()
-    if source.lower() in readers:
-        ds = readers[source.lower()](options)
-    elif _looks_like_file(source) or os.path.exists(source):
-        path = source
-        if not os.path.exists(path) and options.get("data_root") is not None and not os.path.isabs(path):
-            path = os.path.join(str(options["data_root"]), source)
-        if not os.path.exists(path) and not any(ch in path for ch in "*?["):
-            raise FileNotFoundError(f"dataset file {source!r} not found")
-        ds = read_file(path)
+    options = _options(spec, split, data_root)
+    if isinstance(options["source"], (list, tuple)):
+        raise ValueError(f"dataset source {options['source']}: a list of files is read only as training data "
+                         f"(jsonl / csv / tsv files)")
+    check_spec(options)
+    kind, name = resolve_source(options)
+    if kind == "named":
+        ds = _named_readers()[name](options)
+    elif kind == "file":
+        ds = read_file(name)
     else:
-        ds = read_hub(source, options.get("split", "train"), options.get("subset"))
+        ds = read_hub(name, options.get("split", "train"), options.get("subset"))
     return _postprocess(ds, options)
 
 

@@ -255,7 +255,9 @@ class _LineFile:
         if self.ext == ".jsonl":
             try:
                 value = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not valid JSON ({e.msg}: column {e.colno})") from None
+            except UnicodeDecodeError as e:
                 raise ValueError(f"not valid JSON ({e})") from None
             if not isinstance(value, dict):
                 raise ValueError(f"a JSON {type(value).__name__}, expected an object with the columns as keys")
@@ -265,7 +267,7 @@ class _LineFile:
         except (UnicodeDecodeError, csv.Error, StopIteration) as e:
             raise ValueError(f"cannot be parsed ({e})") from None
         if len(fields) != len(self.header):
-            raise ValueError(f"{len(fields)} fields, the header has {len(self.header)} ({self.header})")
+            raise ValueError(f"expected {len(self.header)} fields (as the header {self.header}), got {len(fields)}")
         return dict(zip(self.header, fields))
 
 

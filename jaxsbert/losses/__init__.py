@@ -12,6 +12,7 @@ See :mod:`jaxsbert.losses.base` for the interface and ``docs/losses.md`` for the
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
 from jaxsbert.losses.base import EmbedFn, Loss, cos_sim, dot_score, normalize, pairwise_angle_sim, pairwise_cos_sim
@@ -40,6 +41,27 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+def _initials(name: str) -> str:
+    """MultipleNegativesRankingLoss -> mnrl (how the losses are often written)."""
+    return "".join(c for c in name if c.isupper()).lower()
+
+
+def _closest(name: str, known) -> str | None:
+    """The known name ``name`` most likely means: the same up to case / a missing 'Loss' / its initials
+    (MNRL), else the nearest spelling (difflib), else None."""
+    key = name.lower().replace("_", "")
+    for candidate in known:
+        if key in (candidate.lower(), candidate.lower().removesuffix("loss")):
+            return candidate
+    initials = [c for c in known if c[:1].isupper() and _initials(c) == key]
+    if len(initials) == 1:
+        return initials[0]
+    stem = lambda text: text.lower().removesuffix("loss")      # the common suffix makes every name look close
+    by_stem = {stem(c): c for c in known}
+    close = difflib.get_close_matches(stem(key), list(by_stem), n=1, cutoff=0.6)
+    return by_stem[close[0]] if close else None
+
+
 def get_loss(name: str, **kwargs: Any) -> Loss:
     """The loss named ``name`` (a sentence-transformers class name) with these hyper-parameters.
 
@@ -47,7 +69,9 @@ def get_loss(name: str, **kwargs: Any) -> Loss:
     its inner loss as ``loss=`` (a Loss, or a name with its arguments in ``loss_kwargs=``)."""
     name = str(name).rsplit(".", 1)[-1]
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; supported: {', '.join(sorted(LOSSES))}")
+        close = _closest(name, LOSSES)
+        hint = f"did you mean {close!r}?" if close else f"supported: {', '.join(sorted(LOSSES))}"
+        raise ValueError(f"unknown loss {name!r}; {hint}")
     cls = LOSSES[name]
     if cls is MatryoshkaLoss:
         inner = kwargs.pop("loss", None)
@@ -60,7 +84,9 @@ def get_loss(name: str, **kwargs: Any) -> Loss:
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
-        raise ValueError(f"{name}: unknown argument(s) {unknown}; supported: {fields}")
+        close = _closest(unknown[0], fields)
+        hint = f"; did you mean {close!r}?" if close else ""
+        raise ValueError(f"{name}: unknown argument(s) {unknown}; supported: {fields}{hint}")
     return cls(**{k: _hashable(v) for k, v in kwargs.items()})
 
 

@@ -1,7 +1,8 @@
 """Evaluators built from config specs: ``data.eval = {name: {"type": ..., <dataset spec>}}``.
 
 Types (columns by order, as the column convention gives them):
-- ``similarity``: (sentence1, sentence2) + score -> EmbeddingSimilarityEvaluator
+- ``similarity``: (sentence1, sentence2) + score -> EmbeddingSimilarityEvaluator (class-id labels, e.g. SICK's
+  default NLI task, are an error: use SICK's ``task: "relatedness"``)
 - ``binary``: (sentence1, sentence2) + 0/1 label -> BinaryClassificationEvaluator
 - ``triplet``: (anchor, positive, negative) -> TripletEvaluator
 - ``label_accuracy``: (premise, hypothesis) + class label -> accuracy of a SoftmaxLoss head
@@ -24,12 +25,17 @@ Types (columns by order, as the column convention gives them):
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
+import datasets
 import jax.numpy as jnp
 import numpy as np
 
 from jaxsbert import data as jdata
+from jaxsbert.data.columns import label_dtype
+from jaxsbert.data.loading import _SPEC_KEYS as SPEC_KEYS
+from jaxsbert.data.loading import check_spec as check_dataset_spec
 from jaxsbert.evaluation.binary_classification import BinaryClassificationEvaluator
 from jaxsbert.evaluation.embedding_similarity import EmbeddingSimilarityEvaluator
 from jaxsbert.evaluation.information_retrieval import InformationRetrievalEvaluator
@@ -64,11 +70,63 @@ class LabelAccuracyEvaluator:
         return {self.primary_metric: float(np.mean(predicted == self.labels))}
 
 
+def check_spec(name: str, spec: dict[str, Any], data_root: str | None = None) -> str:
+    """The evaluator's type, after the checks that read no data: a known type (else a ValueError suggesting
+    the nearest), known keys, and (types other than information_retrieval / reranking) a dataset source
+    that exists (:func:`jaxsbert.data.loading.check_spec`). Returns the type."""
+    kind = spec.get("type", "similarity")
+    if kind not in TYPES:
+        close = difflib.get_close_matches(str(kind), TYPES, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else f"supported: {list(TYPES)}"
+        raise ValueError(f"evaluator {name!r}: type {kind!r} is not supported; {hint}")
+    if kind not in ("information_retrieval", "reranking"):
+        known = ("type",) + _EVAL_KEYS + SPEC_KEYS
+        unknown = sorted(set(spec) - set(known))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {list(dict.fromkeys(known))}"
+            raise ValueError(f"evaluator {name!r}: unknown key(s) {unknown}; {hint}")
+        check_dataset_spec(dataset_spec(spec), data_root)
+    return kind
+
+
+def dataset_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The dataset part of a similarity / binary / triplet / label_accuracy evaluator's spec."""
+    return {k: v for k, v in spec.items() if k != "type" and k not in _EVAL_KEYS}
+
+
+def _class_id_labels(ds, label: str | None) -> np.ndarray | None:
+    """The distinct values of an integer label column named label / labels (class ids by the column
+    convention; a score column is named score), else None."""
+    if label is None:
+        return None
+    feature = ds.features[label]
+    if not isinstance(feature, datasets.ClassLabel) and not (label in ("label", "labels")
+                                                             and label_dtype(ds, label).kind == "i"):
+        return None
+    return np.unique(np.asarray(ds.with_format("numpy")[label]))
+
+
+def _similarity_labels_check(ds, label: str | None, spec: dict, source: str) -> None:
+    """A similarity evaluator correlates float scores with similarities: class ids (NLI labels) are refused."""
+    ids = _class_id_labels(ds, label)
+    if ids is None:
+        return
+    shown = ", ".join(str(v) for v in ids[:5]) + (", ..." if len(ids) > 5 else "")
+    if str(spec.get("source", "")).lower() in ("sick", "sick-nli"):
+        hint = "for SICK use task 'relatedness' (jaxsbert eval --task relatedness)"
+    elif len(ids) <= 2:
+        hint = "for 0/1 labels use type 'binary'; scores belong in a column named 'score'"
+    else:
+        hint = "scores belong in a float column named 'score'; for class labels use type 'label_accuracy'"
+    raise ValueError(f"{source}: labels are class ids ({shown}) in column {label!r}: a similarity evaluator needs "
+                     f"float scores; {hint}")
+
+
 def build_evaluator(name: str, spec: dict[str, Any], data_root: str | None = None, losses: dict | None = None):
     spec = dict(spec)
-    kind = spec.pop("type", "similarity")
-    if kind not in TYPES:
-        raise ValueError(f"evaluator {name!r}: type {kind!r} is not supported; supported: {list(TYPES)}")
+    kind = check_spec(name, spec, data_root)
+    spec.pop("type", None)
     if kind in ("information_retrieval", "reranking"):
         return _build_ranking_evaluator(name, kind, spec, data_root)
     options = {k: spec.pop(k) for k in list(spec) if k in _EVAL_KEYS}
@@ -81,6 +139,8 @@ def build_evaluator(name: str, spec: dict[str, Any], data_root: str | None = Non
                          f"{' and a label/score column' if need[1] else ' and no label column'}; "
                          f"got columns {ds.column_names}")
     jdata.validate_dataset(ds, name=name)
+    if kind == "similarity":
+        _similarity_labels_check(ds, columns.label, spec, source)
     texts = [list(ds[c]) for c in columns.inputs]
     labels = list(ds[columns.label]) if columns.label else None
     batch_size = int(options.get("batch_size", 32))
