@@ -44,16 +44,22 @@ EXPORT_MARKER = "jaxsbert"   # key in config_sentence_transformers.json's __vers
 
 def save_sentence_transformer(encoder: Any, directory: str, model_card: str | None = None, *,
                               overwrite: bool = False, base_model: str | None = None,
-                              complete_pooler: bool = True) -> str:
+                              complete_pooler: bool = True, training: Any = None) -> str:
     """Writes ``encoder`` (a :class:`jaxsbert.SentenceEncoder`, or anything with ``.config``
     (SentenceModelConfig), ``.params`` and ``.tokenizer.hf``) as a sentence-transformers directory.
 
     The files are written to a temporary directory next to ``directory`` and moved into place at
-    the end, so a failed export leaves nothing half-written. An existing non-empty ``directory`` is
-    replaced only if it is a previous jaxsbert export or ``overwrite=True``.
+    the end, so a failed export leaves nothing half-written (and, with ``overwrite``, the earlier
+    directory whole). An existing non-empty ``directory`` is refused (FileExistsError) unless
+    ``overwrite=True`` or it is an earlier jaxsbert export: re-saving a model replaces it, as
+    sentence-transformers' ``model.save`` does (``jaxsbert export`` refuses that too: :func:`check_target`).
 
-    ``model_card``: extra Markdown appended to the generated README.md. ``base_model``: the model
-    this one was trained from (a hub id), recorded in the card. ``complete_pooler``: for an encoder
+    README.md is the model card of :func:`jaxsbert.training.model_card.model_card`; ``model_card``:
+    extra Markdown appended to it. ``base_model``: the model this one was trained from (a hub id;
+    default: the encoder's source when that is a hub id), recorded in the card's metadata.
+    ``training``: the :class:`~jaxsbert.training.model_card.TrainingRun` that produced the
+    parameters (datasets, losses, hyper-parameters, evaluations, training log), described in the
+    card. ``complete_pooler``: for an encoder
     loaded from a checkpoint without Hugging Face's pooler (``pooler.dense``, unused by
     sentence-transformers), write a freshly initialised one (normal(0, 0.02) weights, zero bias, as
     transformers initialises it) so ``AutoModel`` loads without missing keys.
@@ -62,7 +68,7 @@ def save_sentence_transformer(encoder: Any, directory: str, model_card: str | No
     """
     config: SentenceModelConfig = encoder.config
     directory = os.fspath(directory)
-    _check_target(directory, overwrite)
+    check_target(directory, overwrite or _is_previous_export(directory))
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(directory))}.tmp-{uuid.uuid4().hex[:8]}")
@@ -92,9 +98,7 @@ def save_sentence_transformer(encoder: Any, directory: str, model_card: str | No
             "similarity_fn_name": getattr(encoder, "similarity_fn_name", None) or "cosine",
             **({"truncate_dim": encoder.truncate_dim} if getattr(encoder, "truncate_dim", None) else {}),
         })
-        with open(os.path.join(tmp, "README.md"), "w", encoding="utf8") as f:
-            f.write(model_card_text(config, base_model=base_model or _hub_id(getattr(encoder, "source", None)),
-                                    extra=model_card))
+        _write_card(tmp, config, base_model or _hub_id(getattr(encoder, "source", None)), training, model_card)
         _replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -137,53 +141,19 @@ def load_loss_head(directory: str) -> dict:
     return {"classifier": head}
 
 
-def model_card_text(config: SentenceModelConfig, base_model: str | None = None, extra: str | None = None) -> str:
-    """The README.md: metadata header, model facts, usage with sentence-transformers, transformers and jaxsbert."""
-    family = families.FAMILIES[config.family]
-    pooling = next((m for m in config.modules if isinstance(m, PoolingConfig)), None)
-    pooling_text = " + ".join(pooling.modes) if pooling else "none"
-    header = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:",
-              "- sentence-transformers", "- sentence-similarity", "- feature-extraction", "- jaxsbert"]
-    if base_model:
-        header.append(f"base_model: {base_model}")
-    header.append("---")
-    layers = [f"  ({i}): {kind}" for i, kind in enumerate(
-        [f"Transformer({family.hf_architecture}, max_seq_length={config.max_seq_length}, "
-         f"do_lower_case={config.do_lower_case})"] + [_describe(m) for m in config.modules])]
-    facts = [
-        ("Base model", base_model or "not recorded"),
-        ("Encoder architecture", f"{family.hf_architecture} (model_type `{family.name}`)"),
-        ("Embedding dimension", str(config.embedding_dim)),
-        ("Pooling", pooling_text),
-        ("Normalized embeddings", "yes" if config.normalizes else "no"),
-        ("Maximum sequence length", f"{config.max_seq_length} tokens"),
-        ("Similarity function", "cosine"),
-    ]
-    body = [
-        "# Sentence embedding model",
-        "",
-        f"This model maps sentences to {config.embedding_dim}-dimensional dense vectors for semantic search, "
-        "clustering and similarity. It was trained or exported with jaxsbert (JAX) and is stored in the "
-        "sentence-transformers format.",
-        "",
-        "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in facts],
-        "",
-        "## Architecture", "", "```", "SentenceTransformer(", *layers, ")", "```",
-        "",
-        "## Usage", "",
-        "With sentence-transformers:", "", "```python", "from sentence_transformers import SentenceTransformer", "",
-        'model = SentenceTransformer("PATH_OR_ID")',
-        'embeddings = model.encode(["A first sentence.", "Another one."])', "```", "",
-        "With jaxsbert:", "", "```python", "from jaxsbert import SentenceEncoder", "",
-        'model = SentenceEncoder.from_pretrained("PATH_OR_ID")',
-        'embeddings = model.encode(["A first sentence.", "Another one."])', "```", "",
-        "The encoder alone (token embeddings, without the pooling above) loads with "
-        "`transformers.AutoModel.from_pretrained`.",
-    ]
-    text = "\n".join(header + [""] + body) + "\n"
+def _write_card(directory: str, config: SentenceModelConfig, base_model: str | None, training: Any,
+                extra: str | None) -> None:
+    """Writes README.md, with the similarity function and modules of the files written before it."""
+    from jaxsbert.training.model_card import architecture_of, model_card
+
+    with open(os.path.join(directory, "config_sentence_transformers.json"), encoding="utf8") as f:
+        similarity = json.load(f).get("similarity_fn_name") or "cosine"
+    text = model_card(config, base_model=base_model, similarity_fn_name=similarity, run=training,
+                      architecture=architecture_of(directory))
     if extra:
         text += "\n" + extra.strip() + "\n"
-    return text
+    with open(os.path.join(directory, "README.md"), "w", encoding="utf8") as f:
+        f.write(text)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -213,15 +183,6 @@ def _save_tokenizer(tokenizer: Any, max_seq_length: int, directory: str) -> None
         backend.no_padding()
         backend.enable_truncation(max_length=max_seq_length)
     tokenizer.save_pretrained(directory)
-
-
-def _describe(module: Any) -> str:
-    if isinstance(module, PoolingConfig):
-        return f"Pooling(dim={module.word_embedding_dimension}, modes={list(module.modes)})"
-    if isinstance(module, DenseConfig):
-        return (f"Dense(in={module.in_features}, out={module.out_features}, bias={module.bias}, "
-                f"activation={module.activation_function.rsplit('.', 1)[-1]})")
-    return "Normalize()"
 
 
 def _versions() -> dict[str, str]:
@@ -256,12 +217,13 @@ def _is_previous_export(directory: str) -> bool:
         return False
 
 
-def _check_target(directory: str, overwrite: bool) -> None:
+def check_target(directory: str, overwrite: bool) -> None:
+    """FileExistsError unless ``directory`` can take an export: absent, empty, or (``overwrite``) a directory."""
     if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"{directory}: exists and is not a directory")
-    if os.path.isdir(directory) and os.listdir(directory) and not overwrite and not _is_previous_export(directory):
-        raise FileExistsError(f"{directory}: directory is not empty and is not a previous jaxsbert export; "
-                              "pass overwrite=True to replace it")
+        raise FileExistsError(f"{directory}: exists and is not a directory; choose another output directory")
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        raise FileExistsError(f"{directory}: directory exists and is not empty; nothing was written. Pass "
+                              "overwrite=True (jaxsbert export --overwrite) to replace it, or choose another directory")
 
 
 def _replace(new: str, directory: str) -> None:

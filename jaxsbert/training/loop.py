@@ -397,8 +397,14 @@ def _max_abs(tree) -> float:
     return float(jax.jit(lambda xs: jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in xs])))(leaves))
 
 
-def _start_or_resume(checkpointer: Checkpointer, state, resume: bool, started_before: bool, workdir: str):
-    """-> (train state, data position): fresh, or the latest readable checkpoint's with ``resume``."""
+def _start_or_resume(checkpointer: Checkpointer, state, resume: bool, started_before: bool, workdir: str,
+                     total_steps: int | None = None):
+    """-> (train state, data position): fresh, or the latest readable checkpoint's with ``resume``.
+
+    With ``total_steps``: a resumed run that had finished (its checkpoint is at ``total_steps`` or later
+    and what the end of a run writes is there: the model saved after that checkpoint, or without
+    ``save_model`` the final evaluation) is logged as finished and its position is None: the caller
+    then stops without evaluating or writing anything."""
     if not resume and checkpointer.latest_step() is not None:
         raise FileExistsError(f"{workdir} holds the checkpoints of an earlier run (steps {checkpointer.all_steps()}); "
                               "continue it with --resume, or choose another --workdir")
@@ -410,7 +416,25 @@ def _start_or_resume(checkpointer: Checkpointer, state, resume: bool, started_be
     elif resume:
         state, meta = checkpointer.restore(state)
         position = jdata.Position.of(meta["data_position"])
-        log.info("resumed from step %d (data position %s)", int(state["step"]), position)
+        step = int(state["step"])
+        if total_steps is not None and step >= total_steps:
+            with open(os.path.join(workdir, "config.json")) as f:
+                config = json.load(f)
+            model = os.path.join(workdir, "model", "modules.json")
+            checkpoint = os.path.join(checkpointer.directory, str(step))
+            if config.get("save_model", True):      # written after the final checkpoint (not an earlier run's)
+                finished = os.path.exists(model) and (not os.path.exists(checkpoint)
+                                                      or os.path.getmtime(model) >= os.path.getmtime(checkpoint))
+            else:
+                from jaxsbert.training.metrics import read_metrics
+                finished = not config["data"].get("eval") or any(
+                    r.get("kind") == "eval" and r.get("step") == step for r in
+                    (read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []))
+            if finished:
+                log.info("--resume: the run in %s finished at step %d of %d%s; nothing to do", workdir, step,
+                         total_steps, f" (model: {os.path.dirname(model)})" if os.path.exists(model) else "")
+                return state, None
+        log.info("resumed from step %d (data position %s)", step, position)
         return state, position
     return state, jdata.Position()
 
@@ -459,13 +483,25 @@ def _maybe_save_best(run: Run, results: dict, metric: str | None, best: float | 
     return best
 
 
-def _save_model(run: Run, state, directory: str, eval_results: dict, overwrite: bool = True) -> None:
-    from jaxsbert.training.model_card import model_card
+def _save_model(run: Run, state, directory: str, eval_results: dict, overwrite: bool = True,
+                step: int | None = None) -> None:
+    """Writes the model (and its loss heads beside it) with the model card of the run: read from the
+    workdir (``directory``'s parent: config.json, metrics.jsonl). ``step``: that of these parameters; by
+    default the step of the evaluation that gave ``eval_results`` (the last logged step without any)."""
     from jaxsbert.interop import export
+    from jaxsbert.training import model_card
 
-    encoder = SentenceEncoder(run.encoder.config, jax.device_get(state["params"]), run.encoder.tokenizer,
-                              source=run.encoder.source)
-    encoder.save_pretrained(directory, model_card=model_card(run.config, run, eval_results), overwrite=overwrite)
+    workdir = os.path.dirname(os.path.abspath(directory))
+    facts = model_card.dataset_facts(run.loader.sources, run.losses)
+    logged = model_card.read_run(workdir, 1 << 62, facts, config=run.config, total_steps=run.total_steps)
+    if step is None:
+        step = model_card.saved_step(logged.records, eval_results)
+    step = run.total_steps if step is None else step
+    training = dataclasses.replace(logged, step=step, records=[r for r in logged.records if r["step"] <= step])
+    encoder = copy.copy(run.encoder)          # its prompts and similarity function, these parameters
+    encoder.params = jax.device_get(state["params"])
+    encoder.save_pretrained(directory, overwrite=overwrite, base_model=model_card.base_model_id(run.config["model"]),
+                            training=training)
     for name, head in jax.device_get(state["heads"]).items():   # loss heads live beside the model, not in it
         export.save_loss_head(head, os.path.join(os.path.dirname(os.path.abspath(directory)),
                                                  f"{os.path.basename(directory)}-loss-head-{name}"),
@@ -473,19 +509,46 @@ def _save_model(run: Run, state, directory: str, eval_results: dict, overwrite: 
 
 
 def export_checkpoint(checkpoint: str, out: str, step: int | None = None, overwrite: bool = False) -> str:
-    """A training workdir (its config.json and checkpoints) -> a sentence-transformers directory."""
+    """A training workdir (its config.json and checkpoints) -> a sentence-transformers directory whose
+    model card describes the run up to the exported step (config.json, metrics.jsonl).
+
+    An existing non-empty ``out`` is refused (FileExistsError) unless ``overwrite``; the export is written
+    beside it and swapped in at the end, so a failure leaves the earlier directory whole."""
+    from jaxsbert.interop import export
+    from jaxsbert.training import model_card
+
     workdir = checkpoint
     cfg_path = os.path.join(workdir, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path}: not found; --checkpoint must be a jaxsbert training workdir")
+    export.check_target(out, overwrite)      # before anything is loaded: the answer comes at once
     with open(cfg_path) as f:
         config = json.load(f)
     encoder = load_model(config)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    params = checkpointer.restore_raw(step)["params"]
+    try:
+        raw = checkpointer.restore_raw(step)
+    finally:
+        checkpointer.close()
+    params = raw["params"]
     expected = jax.tree_util.tree_structure(encoder.params)
     if jax.tree_util.tree_structure(params) != expected:
         raise ValueError(f"{checkpointer.directory}: the checkpoint's parameters do not match the model {config['model']}")
     encoder.params = jax.tree_util.tree_map(jnp.asarray, params)
-    encoder.save_pretrained(out, overwrite=overwrite)
+    saved = int(np.asarray(raw["step"]))
+    names = list(config["data"]["train"])
+    losses = {}
+    for name, spec in _loss_specs(config, names).items():
+        spec = dict(spec)
+        losses[name] = get_loss(spec.pop("name"), **spec)
+    sources = {}
+    for name, spec in config["data"]["train"].items():    # for the card's row counts and columns
+        try:
+            sources[name] = jdata.open_source(spec, data_root=config["data"].get("data_root"))
+        except Exception as e:     # the data may have moved since training: the card then gives no counts
+            log.warning("export: dataset %r (%s) cannot be opened for the model card: %s", name, spec, e)
+    training = model_card.read_run(workdir, saved, model_card.dataset_facts(sources, losses), config=config,
+                                   exported_from=checkpointer.directory)
+    encoder.save_pretrained(out, overwrite=overwrite, base_model=model_card.base_model_id(config["model"]),
+                            training=training)
     return out
