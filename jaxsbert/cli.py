@@ -55,17 +55,11 @@ def _read_sentences(path: str, field: str | None) -> list[str]:
 
 
 def _model_path(name: str) -> str:
-    """The model directory for ``--model`` / config ``model``: a local path, a bundled model or a hub id.
-    A name written as a local path (absolute, ``./``, ``~``, or with more than one '/') that does not
-    exist is a FileNotFoundError here, before anything tries the hub."""
-    from jaxsbert.models.bundled import BUNDLED, resolve_model
+    """The model directory for ``--model`` / config ``model``: a local directory, a bundled model, or a hub id
+    (fetched, or found in the local hub cache). Anything else is one FileNotFoundError line."""
+    from jaxsbert.interop.st_dir import resolve
 
-    path = resolve_model(name)
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or name.endswith("/")
-    if not os.path.exists(path) and looks_local:
-        raise FileNotFoundError(f"model {name!r}: no such directory, and not a bundled model "
-                                f"({', '.join(BUNDLED)})")
-    return path
+    return resolve(name)
 
 
 def _load_encoder(name: str):
@@ -196,9 +190,8 @@ def cmd_eval(args) -> None:
     spec = _dataset_spec(args.data, args.split)
     if args.task:
         spec["task"] = args.task
-    model = _model_path(args.model)
     evaluator = build_evaluator(args.name, spec, data_root=args.data_root)     # data errors before the model loads
-    metrics = evaluator(_load_encoder(model))
+    metrics = evaluator(_load_encoder(args.model))
     print(json.dumps(metrics, indent=2))
 
 
@@ -213,7 +206,6 @@ def cmd_mine(args) -> None:
     suffix = os.path.splitext(args.output)[1]
     if suffix not in (".jsonl", ".json", ".csv", ".parquet"):
         raise ValueError(f"jaxsbert mine: --output {args.output}: write .jsonl, .csv or .parquet")
-    model = _model_path(args.model)
     dataset = jdata.load_dataset(_dataset_spec(args.dataset, args.split, "--dataset"), data_root=args.data_root)
     for option, column in (("--anchor-column", args.anchor_column), ("--positive-column", args.positive_column)):
         if column is not None and column not in dataset.column_names:
@@ -228,7 +220,7 @@ def cmd_mine(args) -> None:
             raise ValueError(f"--corpus-column {column!r}: not a column of {jdata.dataset_source(extra)} "
                              f"(columns: {extra.column_names})")
         corpus = list(extra[column])
-    encoder = _load_encoder(model)
+    encoder = _load_encoder(args.model)
     options = {k: getattr(args, k) for k in ("range_min", "range_max", "max_score", "min_score", "absolute_margin",
                                              "relative_margin", "num_negatives", "sampling_strategy",
                                              "include_positives", "output_format", "output_scores")}

@@ -207,13 +207,18 @@ def test_override_that_is_not_key_value(tmp_path, capsys):
     assert line == "error: override 'epochs' is not key=value (e.g. -o optim.lr=3e-5)"
 
 
-def test_missing_model_path(tmp_path, capsys):
+def test_missing_model_path(tmp_path, capsys, monkeypatch):
     missing = str(tmp_path / "runs" / "nope")
     line = error_line(capsys, ["eval", "--model", missing, "--data", "demo"])
     assert line == (f"error: model {missing!r}: no such directory, and not a bundled model "
-                    f"(sentence-transformers/all-MiniLM-L6-v2)")
+                    f"(bundled: ['sentence-transformers/all-MiniLM-L6-v2'])")
     line = error_line(capsys, ["train", train_config(tmp_path, model=missing), "--workdir", str(tmp_path / "run")])
     assert line.startswith(f"error: config key 'model': model {missing!r}: no such directory"), line
+    # a relative path is also a valid hub id: offline, the hub's local cache does not have it either
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    line = error_line(capsys, ["train", train_config(tmp_path, model="runs/nope"), "--workdir", str(tmp_path / "run")])
+    assert line.startswith("error: config key 'model': model 'runs/nope': no such directory"), line
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_bad_json_spec_on_the_command_line(capsys):
