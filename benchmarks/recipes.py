@@ -123,7 +123,7 @@ def run_jaxsbert(recipe: str, seed: int = 42) -> dict:
     from jaxsbert.config import build_config
     from jaxsbert.training.loop import train
 
-    overrides = [f"seed={seed}", "eval_before=False", "save_model=False"]
+    overrides = [f"seed={seed}", "eval_before=False", "eval_every=0", "save_model=False"]   # evaluate at the end only, as the sentence-transformers side
     workdir = tempfile.mkdtemp()
     t = time.time()
     mine_seconds, mined_rows = 0.0, None

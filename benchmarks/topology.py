@@ -47,7 +47,7 @@ def train(workdir: str, steps: int, processes: int, devices: int, overrides: lis
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                TOKENIZERS_PARALLELISM="false")
     base = [sys.executable, "-m", "jaxsbert.cli", "train", "configs/quickstart.py", "--workdir", workdir,
-            "-o", f"max_steps={steps}", "-o", "eval_before=False", "-o", "tensorboard=False", *overrides]
+            "-o", f"max_steps={steps}", "-o", "eval_before=False", "-o", "eval_every=0", "-o", "tensorboard=False", *overrides]
     port = _free_port()
     procs = []
     for i in range(processes):

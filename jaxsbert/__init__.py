@@ -6,11 +6,18 @@ from jaxsbert.host_memory import keep_freed_memory as _keep_freed_memory
 _keep_freed_memory()     # before XLA starts its threads: see jaxsbert/host_memory.py
 
 
-def __getattr__(name):  # lazy: importing jaxsbert stays cheap
-    if name == "SentenceEncoder":
-        from jaxsbert.encoder import SentenceEncoder
-        return SentenceEncoder
-    if name == "losses":
-        import importlib
-        return importlib.import_module("jaxsbert.losses")
-    raise AttributeError(name)
+# name -> the module that defines it: imported on first use, so that importing jaxsbert stays cheap
+_LAZY = {"SentenceEncoder": "jaxsbert.encoder", "Trainer": "jaxsbert.trainer", "TrainingArguments": "jaxsbert.trainer",
+         "TrainerCallback": "jaxsbert.training.callbacks", "TrainerState": "jaxsbert.training.callbacks",
+         "TrainerControl": "jaxsbert.training.callbacks"}
+__all__ = [*_LAZY, "losses", "evaluation", "__version__"]
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in ("losses", "evaluation"):
+        return importlib.import_module(f"jaxsbert.{name}")
+    raise AttributeError(f"module 'jaxsbert' has no attribute {name!r}")

@@ -66,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "compact_vocab": True,
     "dropout": True,                 # train-mode dropout as in sentence-transformers
     "log_every": 10,
-    "eval_every": 0,                 # steps; 0: only before and after training
+    "eval_every": 0,                 # steps, or "epoch"; 0: only before and after training
     "eval_before": True,
     "best_metric": None,             # e.g. "sts-dev_spearman_cosine": keep the best checkpoint's model
     "checkpoint": {"every_steps": 0, "keep": 2, "async": True},
@@ -75,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
     "nonfinite": "skip",             # non-finite loss/gradient: "skip" the update (counted) or "stop"
     "save_model": True,              # write a sentence-transformers directory at the end
     "tensorboard": True,             # when tensorboard is installed
+    # more places to report metrics to (jaxsbert.training.callbacks): "wandb", "mlflow", "tensorboard", "all"
+    "report_to": [],
     "compilation_cache": "auto",     # persistent XLA cache dir (jaxsbert.compilation_cache); None: off
 }
 
@@ -232,7 +234,9 @@ def _raised_at(error: BaseException, path: str) -> str:
 
 # keys that take more than the type of their default
 _ALSO_ACCEPTED: dict[str, tuple[type, ...]] = {"data.batch_sampler": (dict,), "data.packing": (bool, dict),
-                                               "data.pack_length": (int,), "compilation_cache": (bool,)}
+                                               "data.pack_length": (int,), "compilation_cache": (bool,),
+                                               "report_to": (str,), "eval_every": (str,), "checkpoint.every_steps": (str,)}
+_EPOCH_OR_STEPS = ("eval_every", "checkpoint.every_steps")
 _CHOICES: dict[str, tuple[str, ...]] = {"nonfinite": ("skip", "stop"), "compute_dtype": ("float32", "bfloat16")}
 
 
@@ -254,6 +258,8 @@ def check_config(config: dict, defaults: dict = DEFAULTS, prefix: str = "", sour
         value = config.get(key)
         if path in _OPEN_DICTS or value is None or default is None:
             continue
+        if isinstance(value, str) and path in _EPOCH_OR_STEPS and value != "epoch":
+            raise ConfigError(f"{source}: config key {path!r} must be a number of steps or 'epoch', got {value!r}")
         if path in _CHOICES and value not in _CHOICES[path]:
             raise ConfigError(f"{source}: config key {path!r} must be one of {list(_CHOICES[path])}, got {value!r}")
         if isinstance(default, dict):

@@ -261,6 +261,19 @@ class SentenceEncoder:
             {"params": params["transformer"]}, f["input_ids"], f["attention_mask"], f.get("token_type_ids"),
             f.get("position_ids")).astype(jnp.float32))
 
+    def replace(self, *, config: SentenceModelConfig | None = None, params: Any = None,
+                tokenizer: Tokenizer | None = None) -> "SentenceEncoder":
+        """A new encoder with these parts changed and every other setting kept (dtype, source, packing, prompts,
+        similarity function, truncate_dim, the pooling's include_prompt)."""
+        config = config or self.config
+        return SentenceEncoder(config, self.params if params is None else params, tokenizer or self.tokenizer,
+                               dtype=self.dtype, source=self.source, packing=self.packing,
+                               length_buckets_=None if config.max_seq_length != self.config.max_seq_length
+                               else self.buckets, pack_length=self.pack_length, max_segments=self.max_segments,
+                               prompts=self.prompts, default_prompt_name=self.default_prompt_name,
+                               similarity_fn_name=self.similarity_fn_name, truncate_dim=self.truncate_dim,
+                               pooling_include_prompt=self.pooling_include_prompt)
+
     @classmethod
     def from_pretrained(cls, path_or_id: str, dtype: Any = jnp.float32, *, prompts: dict[str, str] | None = None,
                         default_prompt_name: str | None = None, similarity_fn_name: str | None = None,

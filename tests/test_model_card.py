@@ -186,7 +186,6 @@ def test_resume_recognises_a_finished_run(run):
         checkpointer.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the trainer to stop when _start_or_resume reports a finished run")
 def test_resume_of_a_finished_run_changes_nothing(run, monkeypatch):
     from jaxsbert.training import loop
 

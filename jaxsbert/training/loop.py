@@ -21,6 +21,7 @@ from jaxsbert.losses import get_loss
 from jaxsbert.models.bundled import resolve_model
 from jaxsbert.parallel import distributed, mesh as pmesh
 from jaxsbert.training import evaluators as tevals, preemption
+from jaxsbert.training.callbacks import CallbackList, TrainerState, reporting_callbacks
 from jaxsbert.training.checkpoint import Checkpointer
 from jaxsbert.training.compact_vocab import CompactVocab, why_not as compaction_blocked
 from jaxsbert.training.metrics import MetricsWriter
@@ -50,14 +51,14 @@ def _loss_specs(config: dict, names: list[str]) -> dict[str, dict]:
     return {n: dict(loss[n]) for n in names}
 
 
-def load_model(config: dict) -> SentenceEncoder:
-    encoder = SentenceEncoder.from_pretrained(resolve_model(config["model"]))
+def load_model(config: dict, encoder: SentenceEncoder | None = None) -> SentenceEncoder:
+    """The config's model (or ``encoder``, already loaded), with the config's ``max_seq_length`` if it sets one."""
+    encoder = encoder or SentenceEncoder.from_pretrained(resolve_model(config["model"]))
     if config.get("max_seq_length"):
         msl = int(config["max_seq_length"])
         tokenizer = copy.copy(encoder.tokenizer)
         tokenizer.max_seq_length = msl
-        encoder = SentenceEncoder(dataclasses.replace(encoder.config, max_seq_length=msl), encoder.params,
-                                  tokenizer, source=encoder.source)
+        encoder = encoder.replace(config=dataclasses.replace(encoder.config, max_seq_length=msl), tokenizer=tokenizer)
     return encoder
 
 
@@ -73,19 +74,28 @@ class Run:
     total_steps: int
 
 
-def prepare(config: dict) -> Run:
-    """Loads the model, the datasets and the losses and checks that they fit, before anything compiles."""
+def prepare(config: dict, *, encoder: SentenceEncoder | None = None, datasets: dict | None = None,
+            losses: dict | None = None, evaluators: dict | None = None) -> Run:
+    """Loads the model, the datasets and the losses and checks that they fit, before anything compiles.
+
+    The Python :class:`jaxsbert.Trainer` passes objects instead of specs: an ``encoder``, ``datasets``
+    ({name: datasets.Dataset or spec}) for ``data.train``, ``losses`` ({name: Loss}) for ``loss``, and
+    ``evaluators`` ({name: callable(encoder) -> metrics}) beside those of ``data.eval``."""
     data_cfg = config["data"]
-    if not data_cfg["train"]:
+    train_specs = datasets if datasets is not None else data_cfg["train"]
+    if not train_specs:
         raise ValueError("config data.train is empty: name at least one training dataset")
-    encoder = load_model(config)
+    encoder = load_model(config, encoder)
     on_bad_row = data_cfg.get("on_bad_row", "error")
     sources = {name: jdata.open_source(spec, data_root=data_cfg.get("data_root"), on_bad_row=on_bad_row)
-               for name, spec in data_cfg["train"].items()}
-    losses, has_labels = {}, {}
-    for name, spec in _loss_specs(config, list(sources)).items():
-        spec = dict(spec)
-        losses[name] = get_loss(spec.pop("name"), **spec)
+               for name, spec in train_specs.items()}
+    if losses is None:
+        losses = {}
+        for name, spec in _loss_specs(config, list(sources)).items():
+            spec = dict(spec)
+            losses[name] = get_loss(spec.pop("name"), **spec)
+    has_labels = {}
+    for name in sources:
         source = sources[name]
         if len(source) == 0:
             raise ValueError(f"dataset {name!r} ({source.where}): the dataset is empty")
@@ -118,8 +128,8 @@ def prepare(config: dict) -> Run:
                               label_checks={n: (lambda labels, loss=loss: loss.check_label_values(labels, ""))
                                             for n, loss in losses.items()})
     total = int(config["max_steps"]) if int(config["max_steps"]) > 0 else loader.total_steps(int(config["epochs"]))
-    evaluators = {name: tevals.build_evaluator(name, spec, data_root=data_cfg.get("data_root"), losses=losses)
-                  for name, spec in data_cfg["eval"].items()}
+    evaluators = {**{name: tevals.build_evaluator(name, spec, data_root=data_cfg.get("data_root"), losses=losses)
+                     for name, spec in data_cfg["eval"].items()}, **(evaluators or {})}
     return Run(config, encoder, loader, losses, has_labels, evaluators, total)
 
 
@@ -135,13 +145,16 @@ def _packing(setting: Any, losses: dict) -> dict[str, bool]:
     raise ValueError(f"data.packing must be 'auto', True, False or {{dataset: bool}}; got {setting!r}")
 
 
-def _evaluate(run: Run, state, step: int, writer: MetricsWriter) -> dict[str, float]:
+def _evaluate(run: Run, state, step: int, writer: MetricsWriter, final: bool = False) -> dict[str, float]:
+    """Runs the evaluators (during training, those not marked ``during_training=False``) on ``state``."""
     encoder = run.encoder
     params, heads = pmesh.local_copy((state["params"], state["heads"]))   # encode runs process-locally, on one device
     encoder.params = params
     results = {}
     for name, evaluator in run.evaluators.items():
-        if isinstance(evaluator, tevals.LabelAccuracyEvaluator):
+        if not (final or step == 0 or getattr(evaluator, "during_training", True)):
+            continue
+        if hasattr(evaluator, "head_dataset"):      # evaluators of a loss head (SoftmaxLoss's classifier)
             evaluator.head = heads[evaluator.head_dataset]
         results.update(evaluator(encoder))
     if results:
@@ -150,8 +163,13 @@ def _evaluate(run: Run, state, step: int, writer: MetricsWriter) -> dict[str, fl
     return results
 
 
-def train(config: dict, workdir: str, resume: bool = False) -> dict:
+def train(config: dict, workdir: str, resume: bool = False, *, objects: dict | None = None,
+          callbacks: list | tuple = (), callback_args: Any = None) -> dict:
     """Runs training as configured; returns a summary (final metrics, paths, timings).
+
+    ``objects`` are :func:`prepare`'s keyword arguments (the Python Trainer's model, datasets, losses and
+    evaluators); ``callbacks`` are :class:`jaxsbert.training.callbacks.TrainerCallback` s, called with
+    ``callback_args`` (default: the config) as their ``args``.
 
     The workdir is locked for the run. SIGTERM / SIGINT save a checkpoint at the next step boundary and
     return a summary with ``stopped=True`` and ``signal`` (resume with ``resume=True``).
@@ -161,14 +179,24 @@ def train(config: dict, workdir: str, resume: bool = False) -> dict:
     os.makedirs(workdir, exist_ok=True)
     with preemption.WorkdirLock(workdir, jax.process_index(), jax.process_count()), \
             preemption.StopSignals(jax.process_count(), sync_every=int(config["log_every"])) as stop:
-        return _train(config, workdir, resume, stop)
+        return _train(config, workdir, resume, stop, objects or {}, list(callbacks),
+                      config if callback_args is None else callback_args)
 
 
-def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignals) -> dict:
+def _every(setting: Any, step: int, epoch_ended: bool) -> bool:
+    """Whether a periodic action set to ``setting`` (steps, "epoch", or 0 / None: never) runs after ``step``."""
+    if setting == "epoch":
+        return epoch_ended
+    return bool(setting) and step % int(setting) == 0
+
+
+def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignals, objects: dict,
+           callbacks: list, callback_args: Any) -> dict:
     t_start = time.time()
     cache = compilation_cache.enable(config["compilation_cache"])
     log.info("XLA compilation cache: %s", cache or "off")
-    run = prepare(config)
+    reporters, tensorboard = reporting_callbacks(config.get("report_to"), config)
+    run = prepare(config, **objects)
     encoder = run.encoder
     config_path = os.path.join(workdir, "config.json")
     started_before = os.path.exists(config_path)
@@ -199,10 +227,15 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ckpt_cfg["keep"]),
                                 async_save=bool(ckpt_cfg["async"]))
     try:
-        state, position = _start_or_resume(checkpointer, state, resume, started_before, workdir)
+        state, position = _start_or_resume(checkpointer, state, resume, started_before, workdir, run.total_steps)
     except BaseException:
         checkpointer.close()
         raise
+    if position is None:     # a resumed run that had finished: nothing to evaluate, log or save
+        checkpointer.close()
+        model = os.path.join(workdir, "model")
+        return {"steps": int(state["step"]), "finished": True, "workdir": workdir,
+                **({"model": model} if os.path.isdir(model) else {}), "state": state}
 
     vocab = _compact_vocab(config, run, state, mesh, state_sharding)
     if vocab:     # the step trains the compact table; checkpoints, evaluations and the model get the whole one
@@ -241,66 +274,70 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     _compile_all(steps, programs, run.loader, to_device, state)
     log.info("compiled %d train step program(s) in %.1f s", len(programs), time.time() - t_compile)
 
-    writer = MetricsWriter(workdir, tensorboard=bool(config["tensorboard"]))
+    writer = MetricsWriter(workdir, tensorboard=bool(config["tensorboard"]) or tensorboard)
     log.info("training %s: %d steps, global batch %d, %d device(s), mesh %s, losses %s", config["name"],
              run.total_steps, config["batch_size"], jax.device_count(), dict(mesh.shape),
              {n: l.name for n, l in run.losses.items()})
     best_metric, best_value, eval_results = config.get("best_metric"), None, {}
-    if config["eval_before"] and start_step == 0 and run.evaluators:
-        eval_results = _evaluate(run, whole(state), 0, writer)
-        best_value = eval_results.get(best_metric) if best_metric else None
-
-    log_every, eval_every = int(config["log_every"]), int(config["eval_every"])
-    ckpt_every = int(ckpt_cfg["every_steps"])
-    stop_after = int(config["stop_after_steps"])
-    pending, t_log = [], time.time()
-    stop_on_nonfinite = config["nonfinite"] == "stop"
     step = start_step
-    progress = _progress(run.total_steps, start_step)
-    iterator = run.loader.iterate(position, limit=max(run.total_steps - start_step, 0))
-    pending_at = []    # (step, dataset, data position) of each pending step, to name a non-finite one
+    hooks = CallbackList(reporters + callbacks, callback_args, TrainerState(
+        global_step=step, max_steps=run.total_steps, num_train_epochs=int(config["epochs"]),
+        epoch=position.epoch + position.index / max(run.loader.steps_per_epoch(position.epoch), 1),
+        logging_steps=int(config["log_every"]),
+        eval_steps=config["eval_every"] if isinstance(config["eval_every"], int) else 0,
+        is_world_process_zero=jax.process_index() == 0))
+    hooks.on_train_begin()
+
+    def evaluate(trained, final=False):
+        nonlocal eval_results, best_value
+        eval_results = _evaluate(run, trained, step, writer, final)
+        best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, trained)
+        hooks.state.best_metric = best_value
+        hooks.state.log_history.append({"step": step, **eval_results})
+        hooks.on_evaluate(metrics=eval_results)
 
     def save_checkpoint(whole_state):
         if step not in checkpointer.all_steps():
             checkpointer.save(step, whole_state, {"data_position": position.to_dict(), "step": step})
+            hooks.on_save(step=step)
 
+    if config["eval_before"] and start_step == 0 and run.evaluators:
+        evaluate(whole(state))
+
+    stop_after = int(config["stop_after_steps"])
+    stop_on_nonfinite = config["nonfinite"] == "stop"
+    log_step = _logger(run, writer, workdir, checkpointer, hooks, _progress(run.total_steps, start_step))
+    iterator = run.loader.iterate(position, limit=max(run.total_steps - start_step, 0))
+    control = hooks.control
     try:
         for item in _batches(iterator, lambda: (save_checkpoint(whole(state)), checkpointer.close())):
-            if step >= run.total_steps or (stop_after and step - start_step >= stop_after) or stop.should_stop(step):
+            if step >= run.total_steps or (stop_after and step - start_step >= stop_after) or stop.should_stop(step) \
+                    or control.should_training_stop:
                 break
             state, metrics = steps[item.dataset](state, to_device(item.batch))
-            step += 1
-            position = item.next_position
-            pending.append(metrics)
-            pending_at.append((step, item.dataset, item.position))
-            if step % log_every == 0 or step == run.total_steps:
-                fetched = jax.device_get(pending)
-                now = time.time()
-                rows = sum(int(m["rows"]) for m in fetched)   # valid rows of the global batches, all hosts
-                record = {"loss": float(np.mean([m["loss"] for m in fetched])), "lr": float(fetched[-1]["lr"]),
-                          "grad_norm": float(fetched[-1]["grad_norm"]), "pairs_per_s": rows / (now - t_log),
-                          "epoch": position.epoch + position.index / max(run.loader.steps_per_epoch(position.epoch), 1),
-                          "nonfinite": int(state["nonfinite"])}
-                if run.loader.bad_rows():
-                    record["bad_rows"] = run.loader.bad_rows()
-                writer.write(step, record)
-                progress(step, record)
-                if stop_on_nonfinite and not all(bool(m["finite"]) for m in fetched):
-                    bad = next(at for m, at in zip(fetched, pending_at) if not bool(m["finite"]))
+            step, position = step + 1, item.next_position
+            epoch_ended = position.epoch > item.position.epoch
+            hooks.state.global_step = step
+            hooks.state.epoch = position.epoch + position.index / max(run.loader.steps_per_epoch(position.epoch), 1)
+            hooks.on_step_end(metrics=metrics)
+            # the periodic actions: log, evaluate, checkpoint
+            if _every(config["log_every"], step, False) or step == run.total_steps or control.should_log:
+                if log_step(step, state, metrics, item, flush=True) and stop_on_nonfinite:
                     save_checkpoint(whole(state))      # the skipped update left the state finite
                     checkpointer.close()
-                    raise FloatingPointError(_nonfinite_message(run, bad, step, checkpointer.directory))
-                pending_at = []
-                pending, t_log = [], now
-            if eval_every and step % eval_every == 0 and step < run.total_steps and run.evaluators:
-                trained = whole(state)
-                eval_results = _evaluate(run, trained, step, writer)
-                best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, trained)
-            if ckpt_every and step % ckpt_every == 0:
+                    raise FloatingPointError(log_step.nonfinite_message)
+            else:
+                log_step(step, state, metrics, item, flush=False)
+            if (_every(config["eval_every"], step, epoch_ended) or control.should_evaluate) \
+                    and step < run.total_steps and run.evaluators:
+                evaluate(whole(state))
+                log_step.restart_clock()        # pairs/s counts training time only
+            if _every(ckpt_cfg["every_steps"], step, epoch_ended) or control.should_save:
                 save_checkpoint(whole(state))
+            control.should_log = control.should_evaluate = control.should_save = False
     finally:
         iterator.close()
-        progress.close()
+        log_step.progress.close()
     state = whole(state)
     save_checkpoint(state)
     checkpointer.close()
@@ -315,14 +352,15 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
         log.warning("%d of %d steps had a non-finite loss or gradient; their updates were skipped "
                     "(nonfinite='stop' stops at the first)", summary["nonfinite_steps"], step)
     if step < run.total_steps or stop.requested:
+        by = f"{stop.name}: " if stop.requested else "a callback: " if control.should_training_stop else ""
         log.info("%sstopped at step %d of %d; checkpoint saved; continue with: jaxsbert train CONFIG --workdir %s "
-                 "--resume", f"{stop.name}: " if stop.requested else "", step, run.total_steps, workdir)
+                 "--resume", by, step, run.total_steps, workdir)
         writer.close()
+        hooks.on_train_end()
         summary.update(stopped=True, state=state, **({"signal": stop.name} if stop.requested else {}))
         return summary
     if run.evaluators:
-        eval_results = _evaluate(run, state, step, writer)
-        best_value = _maybe_save_best(run, eval_results, best_metric, best_value, workdir, state)
+        evaluate(state, final=True)
     writer.close()
     summary["eval"] = eval_results
     if config["save_model"]:
@@ -333,8 +371,49 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
         summary["model"] = final_dir
         if best_metric and os.path.isdir(os.path.join(workdir, "best-model")):
             summary["best_model"] = os.path.join(workdir, "best-model")
+    hooks.on_train_end()
     summary["state"] = state
     return summary
+
+
+def _logger(run: Run, writer: MetricsWriter, workdir: str, checkpointer: Checkpointer, hooks: CallbackList, progress):
+    """log_step(step, state, metrics, item, flush): keeps each step's metrics (on device) until ``flush``, then
+    writes one record of the steps since the last (mean loss; the last step's lr and gradient norm; ``lr_steps``,
+    each step's learning rate; pairs/s) and returns whether any of them was not finite (``nonfinite_message``
+    then names the first)."""
+    pending, pending_at, t_log = [], [], [time.time()]
+
+    def log_step(step, state, metrics, item, flush):
+        pending.append(metrics)
+        pending_at.append((step, item.dataset, item.position))
+        if not flush:
+            return False
+        fetched = jax.device_get(pending)
+        now = time.time()
+        rows = sum(int(m["rows"]) for m in fetched)   # valid rows of the global batches, all hosts
+        position = item.next_position
+        record = {"loss": float(np.mean([m["loss"] for m in fetched])), "lr": float(fetched[-1]["lr"]),
+                  "grad_norm": float(fetched[-1]["grad_norm"]), "pairs_per_s": rows / (now - t_log[0]),
+                  "epoch": position.epoch + position.index / max(run.loader.steps_per_epoch(position.epoch), 1),
+                  "nonfinite": int(state["nonfinite"]), "lr_steps": [float(m["lr"]) for m in fetched],
+                  "total_steps": run.total_steps}
+        if run.loader.bad_rows():
+            record["bad_rows"] = run.loader.bad_rows()
+        writer.write(step, record)
+        progress(step, record)
+        hooks.state.log_history.append({"step": step, **{k: v for k, v in record.items() if k != "lr_steps"}})
+        hooks.on_log(logs=record)
+        bad = next((at for m, at in zip(fetched, pending_at) if not bool(m["finite"])), None)
+        if bad is not None:
+            log_step.nonfinite_message = _nonfinite_message(run, bad, step, checkpointer.directory)
+        pending.clear()
+        pending_at.clear()
+        t_log[0] = now
+        return bad is not None
+
+    log_step.progress = progress
+    log_step.restart_clock = lambda: t_log.__setitem__(0, time.time())
+    return log_step
 
 
 def _batches(iterator, on_bad_row):

@@ -46,6 +46,8 @@ class MetricsWriter:
 
 
 def _plain(v):
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
     try:
         v = float(v) if not isinstance(v, (str, bool, int)) else v
     except (TypeError, ValueError):
