@@ -10,7 +10,7 @@ def get_config():
         "data": {
             "train": {"all-nli": {"source": "sentence-transformers/all-nli", "subset": "triplet", "split": "train"}},
             "eval": {"sts-dev": {"type": "similarity", "source": "stsb", "split": "dev"},
-                     "sts-test": {"type": "similarity", "source": "stsb", "split": "test"}},
+                     "sts-test": {"type": "similarity", "source": "stsb", "split": "test", "during_training": False}},
             "batch_sampler": "no_duplicates",
         },
         "loss": {"name": "MultipleNegativesRankingLoss", "scale": 20.0},

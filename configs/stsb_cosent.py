@@ -11,7 +11,7 @@ def get_config():
             "train": {"stsb": {"source": "stsb", "split": "train"}},
             "eval": {
                 "sts-dev": {"type": "similarity", "source": "stsb", "split": "dev"},
-                "sts-test": {"type": "similarity", "source": "stsb", "split": "test"},
+                "sts-test": {"type": "similarity", "source": "stsb", "split": "test", "during_training": False},
             },
         },
         "loss": {"name": "CoSENTLoss", "scale": 20.0},

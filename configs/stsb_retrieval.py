@@ -27,7 +27,7 @@ def get_config():
             "train": {"pairs": {"source": MINED}},            # (sentence1, sentence2, negative)
             "eval": {
                 "stsb-dev-ir": dict(TEST_IR, split="dev", corpus=dict(TEST_IR["corpus"], split="dev")),
-                "stsb-test-ir": TEST_IR,
+                "stsb-test-ir": dict(TEST_IR, during_training=False),
             },
             "batch_sampler": "no_duplicates",
         },

@@ -180,3 +180,23 @@ def test_report_to_unknown_integration_is_an_error(tmp_path, tiny_model):
                       train_dataset=_demo(32))
     with pytest.raises(ValueError, match="unknown integration.*wandbb"):
         trainer.train()
+
+
+def test_evaluators_kept_out_of_training_run_before_and_after_only(tmp_path, tiny_model):
+    """A config evaluator with "during_training": False (a test set) runs at step 0 and at the end only."""
+    from jaxsbert.config import build_config
+    from jaxsbert.training.loop import train
+
+    dev = {"type": "similarity", "source": "demo", "split": "dev"}
+    config = build_config(base={
+        "model": tiny_model, "data": {"train": {"demo": {"source": "demo", "split": "train", "limit": 96}},
+                                      "eval": {"dev": dev, "test": {**dev, "during_training": False}}},
+        "loss": {"name": "CoSENTLoss"}, "batch_size": 16, "epochs": 1, "eval_every": 2, "log_every": 2,
+        "tensorboard": False, "checkpoint": {"async": False}})
+    train(config, str(tmp_path / "run"))
+    evals = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"eval"' in line]
+    assert [r["step"] for r in evals] == [0, 2, 4, 6]
+    assert [r["step"] for r in evals if "test_spearman_cosine" in r] == [0, 6]
+    from jaxsbert.training.evaluators import build_evaluator
+    with pytest.raises(ValueError, match="during_training must be True or False"):
+        build_evaluator("x", {**dev, "during_training": "no"})
