@@ -141,7 +141,7 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"config key 'data.eval.{name}': an evaluator spec is a dict, got {spec!r}")
         at(f"data.eval.{name}", evaluators.check_spec, name, spec, root)
         kind = spec.get("type", "similarity")
-        if kind not in ("information_retrieval", "reranking"):
+        if kind in evaluators.SINGLE_DATASET_TYPES:
             dataset = evaluators.dataset_spec(spec)
             if resolve_source({**dataset, "data_root": dataset.get("data_root", root)})[0] == "file":
                 at(f"data.eval.{name}", lambda: load_dataset(dataset, data_root=root))     # the file parses

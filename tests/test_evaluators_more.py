@@ -326,3 +326,77 @@ def test_real_models_end_to_end(minilm_path, encoder, stsb):
     ]
     for ours, theirs in pairs:
         assert_same(ours(encoder), theirs(st_model), rel=1e-4, abs_=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- config specs
+
+def _jsonl(path, rows):
+    import json
+    with open(path, "w", encoding="utf8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def test_config_types_build_the_evaluators(table, stsb, mining_data, nano_dir, minilm_path, encoder, tmp_path):
+    from jaxsbert.training.evaluators import build_evaluator
+    s1, s2, _ = stsb
+    fake = FakeEncoder(table)
+    parallel = _jsonl(tmp_path / "parallel.jsonl", [{"english": a, "non_english": b} for a, b in zip(s1, s2)])
+
+    mse = build_evaluator("distill", {"type": "mse", "source": parallel, "teacher": minilm_path, "truncate_dim": 64})
+    assert isinstance(mse, ev.MSEEvaluator)
+    direct = ev.MSEEvaluator(s1, s2, teacher_model=encoder, name="distill", truncate_dim=64)(fake)
+    assert mse(fake) == pytest.approx(direct, rel=1e-5)
+
+    translation = build_evaluator("tr", {"type": "translation", "source": parallel, "batch_size": 8})
+    assert translation(fake) == ev.TranslationEvaluator(s1, s2, name="tr")(fake)
+
+    sentences, duplicates = mining_data
+    direct = ev.ParaphraseMiningEvaluator(sentences, duplicates, name="pm", top_k=5)(fake)
+    files = {"sentences": _jsonl(tmp_path / "q.jsonl", [{"qid": i, "question": t} for i, t in sentences.items()]),
+             "duplicates": _jsonl(tmp_path / "d.jsonl", [{"qid1": a, "qid2": b} for a, b in duplicates])}
+    from_files = build_evaluator("pm", {"type": "paraphrase_mining", **files, "top_k": 5})
+    assert from_files(fake) == direct
+    # columns: duplicate pairs labelled 1, the other STSb pairs labelled 0 (they add their sentences only)
+    is_dup = {frozenset(p) for p in duplicates}
+    ids = {t: i for i, t in sentences.items()}
+    pairs = [{"sentence1": x, "sentence2": y, "label": int(frozenset((ids[x], ids[y])) in is_dup)}
+             for x, y in zip(s1, s2)]
+    from_columns = build_evaluator("pm", {"type": "paraphrase_mining", "source": _jsonl(tmp_path / "p.jsonl", pairs),
+                                          "top_k": 5})
+    assert from_columns.total_num_duplicates == len(is_dup) and from_columns(fake) == direct
+
+    nano = build_evaluator("nano", {"type": "nanobeir", "data_dir": nano_dir.name, "dataset_names": ["msmarco"],
+                                    "ndcg_at_k": 5}, data_root=str(nano_dir.parent))
+    direct = ev.NanoBEIREvaluator(["msmarco"], data_dir=nano_dir, ndcg_at_k=[5])(fake)
+    assert nano(fake) == direct and nano.primary_metric == "NanoBEIR_mean_cosine_ndcg@5"
+
+
+def test_config_checks_name_the_problem(nano_dir, minilm_path, tmp_path, monkeypatch):
+    from jaxsbert.config import build_config
+    from jaxsbert.cli import check_config
+    from jaxsbert.training.evaluators import check_spec
+    monkeypatch.delenv("JAXSBERT_NANOBEIR_DIR", raising=False)
+    with pytest.raises(ValueError, match="did you mean 'dataset_names'"):
+        check_spec("n", {"type": "nanobeir", "data_dir": str(nano_dir), "dataset_name": ["nq"]})
+    with pytest.raises(FileNotFoundError, match="pass data_dir= or set JAXSBERT_NANOBEIR_DIR"):
+        check_spec("n", {"type": "nanobeir"})
+    with pytest.raises(FileNotFoundError, match="data_dir 'nowhere' is not a directory"):
+        check_spec("n", {"type": "nanobeir", "data_dir": "nowhere"})
+    with pytest.raises(ValueError, match="an mse evaluator needs 'teacher'"):
+        check_spec("m", {"type": "mse", "source": "stsb"})
+    with pytest.raises(ValueError, match="needs a dataset of duplicate pairs"):
+        check_spec("p", {"type": "paraphrase_mining", "top_k": 3})
+    with pytest.raises(ValueError, match=r"missing \['duplicates'\]"):
+        check_spec("p", {"type": "paraphrase_mining", "sentences": "stsb"})
+    with pytest.raises(ValueError, match="did you mean 'max_pairs'"):
+        check_spec("p", {"type": "paraphrase_mining", "source": "stsb", "max_pair": 3})
+    # the CLI's config check takes the types without one dataset spec
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [{"anchor": "a", "positive": "b"}])
+    config = build_config(base={"model": minilm_path, "loss": {"name": "MultipleNegativesRankingLoss"},
+                                "data": {"train": {"pairs": {"source": pairs}}, "eval": {
+                                    "nano": {"type": "nanobeir", "data_dir": str(nano_dir)},
+                                    "pm": {"type": "paraphrase_mining", "sentences": pairs, "duplicates": pairs},
+                                    "tr": {"type": "translation", "source": pairs}}}})
+    check_config(config)

@@ -22,10 +22,29 @@ Types (columns by order, as the column convention gives them):
 - ``reranking`` -> RerankingEvaluator: (query, positive, negative ...) rows, grouped by query (a row's positive
   and negatives may also be lists); options ``at_k``, ``similarity_fn_name``, ``truncate_dim``; keys
   ``{name}_map``, ``{name}_mrr@{k}``, ``{name}_ndcg@{k}``.
+- ``mse``: (source, target) -> MSEEvaluator with ``"teacher"``: a model path or name that embeds the sources
+  (loaded once, when the evaluator is built); option ``truncate_dim``; key ``{name}_negative_mse``.
+- ``translation``: (source, target) -> TranslationEvaluator; option ``truncate_dim``; keys
+  ``{name}_src2trg_accuracy``, ``{name}_trg2src_accuracy``, ``{name}_mean_accuracy``.
+- ``paraphrase_mining`` -> ParaphraseMiningEvaluator, from columns or from files:
+
+  * columns: (sentence1, sentence2, [label]) rows of duplicate pairs (with a label, rows labelled <= 0 only add
+    their sentences), plus the texts of an optional ``"corpus"`` dataset (one text column) as more sentences;
+  * files: ``"sentences"`` (id, text) and ``"duplicates"`` (id1, id2) dataset specs.
+
+  Options ``top_k``, ``max_pairs``, ``query_chunk_size``, ``corpus_chunk_size``, ``add_transitive_closure``,
+  ``similarity_fn_name``, ``truncate_dim``; keys ``{name}_average_precision``, ``_f1``, ``_precision``,
+  ``_recall``, ``_threshold``.
+- ``nanobeir`` -> NanoBEIREvaluator on a local copy of the NanoBEIR data (no dataset spec): ``data_dir``
+  (relative to data_root if not found as given; default ``$JAXSBERT_NANOBEIR_DIR``), ``dataset_names``,
+  ``dataset_id``, ``query_prompts``, ``corpus_prompts``, ``aggregate_key`` and the information_retrieval
+  options; keys as sentence-transformers, whatever the evaluator's name: ``Nano{Dataset}_{fn}_{metric}@{k}``
+  and ``NanoBEIR_mean_{fn}_{metric}@{k}`` (e.g. ``best_metric: "NanoBEIR_mean_cosine_ndcg@10"``).
 """
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any
 
 import datasets
@@ -39,15 +58,28 @@ from jaxsbert.data.loading import check_spec as check_dataset_spec
 from jaxsbert.evaluation.binary_classification import BinaryClassificationEvaluator
 from jaxsbert.evaluation.embedding_similarity import EmbeddingSimilarityEvaluator
 from jaxsbert.evaluation.information_retrieval import InformationRetrievalEvaluator
+from jaxsbert.evaluation.mse import MSEEvaluator
+from jaxsbert.evaluation.nano_beir import DEFAULT_DATASET_ID, NANOBEIR_DIR_ENV, NanoBEIREvaluator, _dataset_root
+from jaxsbert.evaluation.paraphrase_mining import ParaphraseMiningEvaluator
 from jaxsbert.evaluation.reranking import RerankingEvaluator
+from jaxsbert.evaluation.translation import TranslationEvaluator
 from jaxsbert.evaluation.triplet import TripletEvaluator
 
-TYPES = ("similarity", "binary", "triplet", "label_accuracy", "information_retrieval", "reranking")
-_EVAL_KEYS = ("type", "batch_size", "similarity_fn_names", "main_similarity", "head")
+TYPES = ("similarity", "binary", "triplet", "label_accuracy", "information_retrieval", "reranking", "mse",
+         "translation", "paraphrase_mining", "nanobeir")
+# types whose spec is one dataset spec plus options (the others hold several dataset specs, or none)
+SINGLE_DATASET_TYPES = ("similarity", "binary", "triplet", "label_accuracy", "mse", "translation")
+_TYPE_KEYS = {"mse": ("teacher", "truncate_dim"), "translation": ("truncate_dim",)}
+_EVAL_KEYS = ("type", "batch_size", "similarity_fn_names", "main_similarity", "head", "during_training")
 _IR_KEYS = ("mrr_at_k", "ndcg_at_k", "accuracy_at_k", "precision_recall_at_k", "map_at_k", "corpus_chunk_size",
             "score_functions", "main_score_function", "truncate_dim")
 _RERANKING_KEYS = ("at_k", "similarity_fn_name", "truncate_dim")
 _IR_FILES = ("queries", "corpus", "relevant")
+_MINING_KEYS = ("top_k", "max_pairs", "query_chunk_size", "corpus_chunk_size", "add_transitive_closure",
+                "similarity_fn_name", "truncate_dim", "batch_size")
+_MINING_FILES = ("sentences", "duplicates")
+_NANOBEIR_KEYS = ("type", "data_dir", "dataset_names", "dataset_id", "query_prompts", "corpus_prompts",
+                  "aggregate_key", "batch_size") + _IR_KEYS
 
 
 class LabelAccuracyEvaluator:
@@ -72,15 +104,23 @@ class LabelAccuracyEvaluator:
 
 def check_spec(name: str, spec: dict[str, Any], data_root: str | None = None) -> str:
     """The evaluator's type, after the checks that read no data: a known type (else a ValueError suggesting
-    the nearest), known keys, and (types other than information_retrieval / reranking) a dataset source
-    that exists (:func:`jaxsbert.data.loading.check_spec`). Returns the type."""
+    the nearest), known keys, and (SINGLE_DATASET_TYPES, paraphrase_mining) dataset sources that exist
+    (:func:`jaxsbert.data.loading.check_spec`), nanobeir's data directory. Returns the type."""
     kind = spec.get("type", "similarity")
     if kind not in TYPES:
         close = difflib.get_close_matches(str(kind), TYPES, n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}?" if close else f"supported: {list(TYPES)}"
         raise ValueError(f"evaluator {name!r}: type {kind!r} is not supported; {hint}")
-    if kind not in ("information_retrieval", "reranking"):
-        known = ("type",) + _EVAL_KEYS + SPEC_KEYS
+    if kind == "paraphrase_mining":
+        _check_mining_spec(name, spec, data_root)
+    elif kind == "nanobeir":
+        _check_keys(name, spec, _NANOBEIR_KEYS)
+        _nanobeir_options(spec, data_root)
+    elif kind in SINGLE_DATASET_TYPES:
+        if kind == "mse" and not spec.get("teacher"):
+            raise ValueError(f"evaluator {name!r}: an mse evaluator needs 'teacher': the model (path or name) "
+                             "that embeds the source sentences")
+        known = ("type",) + _EVAL_KEYS + _TYPE_KEYS.get(kind, ()) + SPEC_KEYS
         unknown = sorted(set(spec) - set(known))
         if unknown:
             close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
@@ -91,8 +131,17 @@ def check_spec(name: str, spec: dict[str, Any], data_root: str | None = None) ->
 
 
 def dataset_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The dataset part of a similarity / binary / triplet / label_accuracy evaluator's spec."""
-    return {k: v for k, v in spec.items() if k != "type" and k not in _EVAL_KEYS}
+    """The dataset part of a SINGLE_DATASET_TYPES evaluator's spec."""
+    extra = _TYPE_KEYS.get(spec.get("type", "similarity"), ())
+    return {k: v for k, v in spec.items() if k != "type" and k not in _EVAL_KEYS and k not in extra}
+
+
+def _check_keys(name: str, spec: dict[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(spec) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {list(dict.fromkeys(known))}"
+        raise ValueError(f"evaluator {name!r}: unknown key(s) {unknown}; {hint}")
 
 
 def _class_id_labels(ds, label: str | None) -> np.ndarray | None:
@@ -124,16 +173,32 @@ def _similarity_labels_check(ds, label: str | None, spec: dict, source: str) -> 
 
 
 def build_evaluator(name: str, spec: dict[str, Any], data_root: str | None = None, losses: dict | None = None):
+    """The evaluator a config's ``data.eval`` entry describes. ``"during_training": False`` (any type) keeps it to
+    the evaluations before and after training (a test set), out of those every ``eval_every`` steps."""
     spec = dict(spec)
+    during_training = spec.pop("during_training", True)
+    if not isinstance(during_training, bool):
+        raise ValueError(f"evaluator {name!r}: during_training must be True or False, got {during_training!r}")
+    evaluator = _build_evaluator(name, spec, data_root, losses)
+    evaluator.during_training = during_training
+    return evaluator
+
+
+def _build_evaluator(name: str, spec: dict[str, Any], data_root: str | None, losses: dict | None):
     kind = check_spec(name, spec, data_root)
     spec.pop("type", None)
     if kind in ("information_retrieval", "reranking"):
         return _build_ranking_evaluator(name, kind, spec, data_root)
-    options = {k: spec.pop(k) for k in list(spec) if k in _EVAL_KEYS}
+    if kind == "paraphrase_mining":
+        return _build_paraphrase_mining(name, spec, data_root)
+    if kind == "nanobeir":
+        return NanoBEIREvaluator(**_nanobeir_options(spec, data_root))
+    options = {k: spec.pop(k) for k in list(spec) if k in _EVAL_KEYS + _TYPE_KEYS.get(kind, ())}
     ds = jdata.load_dataset(spec, data_root=data_root)
     columns = jdata.split_columns(ds)
     source = f"evaluator {name!r} ({jdata.dataset_source(ds)})"
-    need = {"similarity": (2, True), "binary": (2, True), "triplet": (3, False), "label_accuracy": (2, True)}[kind]
+    need = {"similarity": (2, True), "binary": (2, True), "triplet": (3, False), "label_accuracy": (2, True),
+            "mse": (2, False), "translation": (2, False)}[kind]
     if len(columns.inputs) != need[0] or (columns.label is not None) != need[1]:
         raise ValueError(f"{source}: a {kind} evaluator needs {need[0]} text columns"
                          f"{' and a label/score column' if need[1] else ' and no label column'}; "
@@ -155,6 +220,14 @@ def build_evaluator(name: str, spec: dict[str, Any], data_root: str | None = Non
     if kind == "triplet":
         return TripletEvaluator(texts[0], texts[1], texts[2], name=name, batch_size=batch_size,
                                 similarity_fn_names=fn_names or ["cosine"])
+    if kind == "mse":
+        from jaxsbert.encoder import SentenceEncoder
+        teacher = SentenceEncoder.from_pretrained(str(options["teacher"]))
+        return MSEEvaluator(texts[0], texts[1], teacher_model=teacher, name=name, batch_size=batch_size,
+                            truncate_dim=options.get("truncate_dim"))
+    if kind == "translation":
+        return TranslationEvaluator(texts[0], texts[1], name=name, batch_size=batch_size,
+                                    truncate_dim=options.get("truncate_dim"))
     head = options.get("head")
     if not losses or head not in losses or not hasattr(losses[head], "logits"):
         raise ValueError(f"{source}: label_accuracy needs 'head': the name of a training dataset trained with "
@@ -265,3 +338,87 @@ def _build_ranking_evaluator(name: str, kind: str, spec: dict, data_root):
         if key in options and isinstance(options[key], int):
             options[key] = [options[key]]
     return InformationRetrievalEvaluator(queries, corpus, relevant, name=name, batch_size=batch_size, **options)
+
+
+# ----------------------------------------------------------------------------- paraphrase mining and NanoBEIR
+
+def _check_mining_spec(name: str, spec: dict[str, Any], data_root) -> None:
+    if any(k in spec for k in _MINING_FILES):
+        _check_keys(name, spec, ("type",) + _MINING_FILES + _MINING_KEYS)
+        missing = [k for k in _MINING_FILES if k not in spec]
+        if missing:
+            raise ValueError(f"evaluator {name!r}: a paraphrase_mining evaluator from files needs "
+                             f"{list(_MINING_FILES)}; missing {missing}")
+        for key in _MINING_FILES:
+            check_dataset_spec(spec[key], data_root)
+    else:
+        _check_keys(name, spec, ("type", "corpus") + _MINING_KEYS + SPEC_KEYS)
+        if "source" not in spec:
+            raise ValueError(f"evaluator {name!r}: a paraphrase_mining evaluator needs a dataset of duplicate "
+                             f"pairs ('source': ...) or {list(_MINING_FILES)} dataset specs")
+        check_dataset_spec({k: v for k, v in spec.items() if k in SPEC_KEYS}, data_root)
+        if "corpus" in spec:
+            check_dataset_spec(spec["corpus"], data_root)
+
+
+def _mining_from_files(name: str, spec: dict, data_root) -> tuple[dict, list]:
+    sentences_ds = jdata.load_dataset(spec["sentences"], data_root=data_root)
+    duplicates_ds = jdata.load_dataset(spec["duplicates"], data_root=data_root)
+    for key, ds in (("sentences", sentences_ds), ("duplicates", duplicates_ds)):
+        if len(ds.column_names) < 2:
+            raise ValueError(f"evaluator {name!r} {key} ({jdata.dataset_source(ds)}): needs two columns "
+                             f"({'id, text' if key == 'sentences' else 'id1, id2'}); got {ds.column_names}")
+    sid = _id_column(sentences_ds, ("_id", "id", "qid"), 0)
+    stext = next((c for c in ("text", "question", "sentence") if c in sentences_ds.column_names),
+                 next(c for c in sentences_ds.column_names if c != sid))
+    sentences = {str(i): str(t) for i, t in zip(sentences_ds[sid], sentences_ds[stext])}
+    id1 = _id_column(duplicates_ds, ("qid1", "id1"), 0)
+    id2 = _id_column(duplicates_ds, ("qid2", "id2"), 1)
+    return sentences, [(str(a), str(b)) for a, b in zip(duplicates_ds[id1], duplicates_ds[id2])]
+
+
+def _mining_from_columns(name: str, spec: dict, corpus_spec, data_root) -> tuple[dict, list]:
+    ds = jdata.load_dataset(spec, data_root=data_root)
+    source = f"evaluator {name!r} ({jdata.dataset_source(ds)})"
+    columns = jdata.split_columns(ds)
+    if len(columns.inputs) != 2:
+        raise ValueError(f"{source}: a paraphrase_mining evaluator needs (sentence1, sentence2, [label]) columns; "
+                         f"got {ds.column_names}")
+    first, second = list(ds[columns.inputs[0]]), list(ds[columns.inputs[1]])
+    labels = list(ds[columns.label]) if columns.label else [1] * len(first)
+    texts = list(dict.fromkeys(first + second))
+    if corpus_spec is not None:
+        extra = jdata.load_dataset(corpus_spec, data_root=data_root)
+        texts = list(dict.fromkeys(texts + list(_texts(extra, f"evaluator {name!r} corpus "
+                                                              f"({jdata.dataset_source(extra)})", "a corpus")[0])))
+    ids = {t: f"s{i}" for i, t in enumerate(texts)}
+    duplicates = [(ids[a], ids[b]) for a, b, label in zip(first, second, labels) if float(label) > 0]
+    return {i: t for t, i in ids.items()}, duplicates
+
+
+def _build_paraphrase_mining(name: str, spec: dict, data_root) -> ParaphraseMiningEvaluator:
+    options = {k: spec.pop(k) for k in list(spec) if k in _MINING_KEYS}
+    if any(k in spec for k in _MINING_FILES):
+        sentences, duplicates = _mining_from_files(name, spec, data_root)
+    else:
+        corpus_spec = spec.pop("corpus", None)
+        sentences, duplicates = _mining_from_columns(name, spec, corpus_spec, data_root)
+    return ParaphraseMiningEvaluator(sentences, duplicates, name=name, **options)
+
+
+def _nanobeir_options(spec: dict[str, Any], data_root) -> dict[str, Any]:
+    """NanoBEIREvaluator's arguments from a nanobeir spec: data_dir found as given, else under data_root."""
+    options = {k: v for k, v in spec.items() if k != "type"}
+    data_dir = options.get("data_dir")
+    if data_dir is not None and not os.path.isdir(str(data_dir)) and data_root is not None \
+            and not os.path.isabs(str(data_dir)) and os.path.isdir(os.path.join(str(data_root), str(data_dir))):
+        options["data_dir"] = os.path.join(str(data_root), str(data_dir))
+    if options.get("data_dir") is None and not os.environ.get(NANOBEIR_DIR_ENV):
+        _dataset_root(None, str(options.get("dataset_id", DEFAULT_DATASET_ID)))     # the error saying where
+    elif options.get("data_dir") is not None and not os.path.isdir(str(options["data_dir"])):
+        raise FileNotFoundError(f"nanobeir data_dir {str(data_dir)!r} is not a directory"
+                                + (f" (nor in data_root {str(data_root)!r})" if data_root is not None else ""))
+    for key in ("mrr_at_k", "ndcg_at_k", "accuracy_at_k", "precision_recall_at_k", "map_at_k"):
+        if isinstance(options.get(key), int):
+            options[key] = [options[key]]
+    return options
