@@ -200,3 +200,17 @@ def test_evaluators_kept_out_of_training_run_before_and_after_only(tmp_path, tin
     from jaxsbert.training.evaluators import build_evaluator
     with pytest.raises(ValueError, match="during_training must be True or False"):
         build_evaluator("x", {**dev, "during_training": "no"})
+
+
+def test_eval_and_save_strategy_epoch(tmp_path, tiny_model):
+    from jaxsbert import SentenceEncoder, Trainer
+    from jaxsbert.evaluation import EmbeddingSimilarityEvaluator
+
+    dev = _demo(split="dev")
+    evaluator = EmbeddingSimilarityEvaluator(dev["sentence1"], dev["sentence2"], dev["score"], name="dev")
+    events = Recorder()
+    Trainer(SentenceEncoder.from_pretrained(tiny_model),
+            _args(tmp_path, "epochs", num_train_epochs=2, eval_strategy="epoch", save_strategy="epoch"),
+            train_dataset=_demo(96), evaluator=evaluator, callbacks=[events]).train()
+    assert [e[1] for e in events.events if e[0] == "evaluate"] == [6, 12]      # end of epoch 1, then the final one
+    assert [e[1] for e in events.events if e[0] == "save"] == [6, 12]
