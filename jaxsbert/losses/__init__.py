@@ -15,10 +15,12 @@ import dataclasses
 import difflib
 from typing import Any
 
+from jaxsbert.losses.adaptive_layer import AdaptiveLayerLoss, Matryoshka2dLoss
 from jaxsbert.losses.base import EmbedFn, Loss, cos_sim, dot_score, normalize, pairwise_angle_sim, pairwise_cos_sim
 from jaxsbert.losses.gradcache import grad_cache_value_and_grad
 from jaxsbert.losses.matryoshka import MatryoshkaLoss
 from jaxsbert.losses.mega_batch import MegaBatchMarginLoss
+from jaxsbert.losses.orthogonal import GlobalOrthogonalRegularizationLoss
 from jaxsbert.losses.pairwise import (AnglELoss, ContrastiveLoss, CoSENTLoss, CosineSimilarityLoss,
                                       OnlineContrastiveLoss)
 from jaxsbert.losses.ranking import (CachedMultipleNegativesRankingLoss, CachedMultipleNegativesSymmetricRankingLoss,
@@ -32,7 +34,8 @@ LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (
     SoftmaxLoss, MultipleNegativesRankingLoss, MultipleNegativesSymmetricRankingLoss,
     CachedMultipleNegativesRankingLoss, CachedMultipleNegativesSymmetricRankingLoss, TripletLoss, ContrastiveLoss,
     OnlineContrastiveLoss, CosineSimilarityLoss, CoSENTLoss, AnglELoss, MatryoshkaLoss, MegaBatchMarginLoss,
-    BatchHardTripletLoss, BatchSemiHardTripletLoss, BatchAllTripletLoss, BatchHardSoftMarginTripletLoss)}
+    BatchHardTripletLoss, BatchSemiHardTripletLoss, BatchAllTripletLoss, BatchHardSoftMarginTripletLoss,
+    GlobalOrthogonalRegularizationLoss, AdaptiveLayerLoss, Matryoshka2dLoss)}
 
 
 def _hashable(value: Any) -> Any:
@@ -65,21 +68,22 @@ def _closest(name: str, known) -> str | None:
 def get_loss(name: str, **kwargs: Any) -> Loss:
     """The loss named ``name`` (a sentence-transformers class name) with these hyper-parameters.
 
-    Unknown names and arguments raise ValueError listing what is supported. ``MatryoshkaLoss`` takes
-    its inner loss as ``loss=`` (a Loss, or a name with its arguments in ``loss_kwargs=``)."""
+    Unknown names and arguments raise ValueError listing what is supported. ``MatryoshkaLoss``,
+    ``AdaptiveLayerLoss`` and ``Matryoshka2dLoss`` take their inner loss as ``loss=`` (a Loss, or a name with
+    its arguments in ``loss_kwargs=``)."""
     name = str(name).rsplit(".", 1)[-1]
     if name not in LOSSES:
         close = _closest(name, LOSSES)
         hint = f"did you mean {close!r}?" if close else f"supported: {', '.join(sorted(LOSSES))}"
         raise ValueError(f"unknown loss {name!r}; {hint}")
     cls = LOSSES[name]
-    if cls is MatryoshkaLoss:
+    if cls in (MatryoshkaLoss, AdaptiveLayerLoss, Matryoshka2dLoss):
         inner = kwargs.pop("loss", None)
         inner_kwargs = kwargs.pop("loss_kwargs", None) or {}
         if isinstance(inner, str):
             inner = get_loss(inner, **inner_kwargs)
         elif inner_kwargs:
-            raise ValueError("MatryoshkaLoss: loss_kwargs only goes with loss given by name")
+            raise ValueError(f"{name}: loss_kwargs only goes with loss given by name")
         kwargs["loss"] = inner
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(kwargs) - set(fields))

@@ -150,11 +150,16 @@ class Encoder(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool, tokens=None):
+    def __call__(self, x, bias, deterministic: bool, tokens=None, all_layers: bool = False):
+        """The last layer's output [B, L, H]; with ``all_layers`` every layer's, [layers + 1, B, L, H]: the
+        encoder's input (the embeddings) first, as Hugging Face's ``hidden_states``."""
         layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.remat else Layer
+        hidden = [x]
         for i in range(self.config.num_hidden_layers):
             x = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x, bias, deterministic, tokens)
-        return x
+            if all_layers:
+                hidden.append(x)
+        return jnp.stack(hidden) if all_layers else x
 
 
 class Pooler(nn.Module):
@@ -168,14 +173,15 @@ class Pooler(nn.Module):
 
 class BertModel(nn.Module):
     """Token embeddings [B, L, H] (float32) for token ids [B, L]; ``sentence_ids`` key the dropout masks
-    (:func:`jaxsbert.models.dropout.token_ids`)."""
+    (:func:`jaxsbert.models.dropout.token_ids`). ``all_layers=True``: every layer's, [layers + 1, B, L, H]
+    (Hugging Face's ``hidden_states``: the embeddings, then each layer's output)."""
     config: BertConfig
     dtype: Any = jnp.float32
     remat: bool = False
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
-                 sentence_ids=None):
+                 sentence_ids=None, all_layers: bool = False):
         tokens = None if deterministic else token_ids(attention_mask, position_ids, sentence_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
@@ -184,7 +190,7 @@ class BertModel(nn.Module):
         x = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids, position_ids,
                                                                    deterministic, tokens)
         x = Encoder(self.config, self.dtype, self.remat, name="encoder")(x, attention_bias(attention_mask),
-                                                                         deterministic, tokens)
+                                                                         deterministic, tokens, all_layers)
         if self.config.add_pooling_layer and self.is_initializing():
-            Pooler(self.config, name="pooler")(x)
+            Pooler(self.config, name="pooler")(x[-1] if all_layers else x)
         return x.astype(jnp.float32)

@@ -95,11 +95,15 @@ class Transformer(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool, tokens=None):
+    def __call__(self, x, bias, deterministic: bool, tokens=None, all_layers: bool = False):
+        """[B, L, H]; with ``all_layers`` [layers + 1, B, L, H] (the input, then each layer's output)."""
         block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
+        hidden = [x]
         for i in range(self.config.n_layers):
             x = block(self.config, self.dtype, name=f"layer_{i}")(x, bias, deterministic, tokens)
-        return x
+            if all_layers:
+                hidden.append(x)
+        return jnp.stack(hidden) if all_layers else x
 
 
 class Embeddings(nn.Module):
@@ -116,18 +120,19 @@ class Embeddings(nn.Module):
 
 
 class DistilBertModel(nn.Module):
-    """Token embeddings [B, L, H] (float32) for token ids [B, L]; ``token_type_ids`` is accepted and ignored."""
+    """Token embeddings [B, L, H] (float32) for token ids [B, L]; ``token_type_ids`` is accepted and ignored.
+    ``all_layers=True``: [layers + 1, B, L, H], the embeddings then each layer's output."""
     config: DistilBertConfig
     dtype: Any = jnp.float32
     remat: bool = False
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
-                 sentence_ids=None):
+                 sentence_ids=None, all_layers: bool = False):
         tokens = None if deterministic else token_ids(attention_mask, position_ids, sentence_ids)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         x = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, position_ids, deterministic, tokens)
         x = Transformer(self.config, self.dtype, self.remat, name="transformer")(
-            x, attention_bias(attention_mask), deterministic, tokens)
+            x, attention_bias(attention_mask), deterministic, tokens, all_layers)
         return x.astype(jnp.float32)

@@ -126,16 +126,20 @@ class Encoder(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, mask_bias, positions, deterministic: bool, tokens=None):
-        """positions: [B or 1, L] 0-based positions whose differences are the relative distances."""
+    def __call__(self, x, mask_bias, positions, deterministic: bool, tokens=None, all_layers: bool = False):
+        """positions: [B or 1, L] 0-based positions whose differences are the relative distances. Returns
+        [B, L, H]; with ``all_layers`` [layers + 1, B, L, H] (the input, then each layer's output)."""
         c = self.config
         buckets = relative_position_bucket(positions[:, None, :] - positions[:, :, None])           # [B, Lq, Lk]
         table = nn.Embed(c.relative_attention_num_buckets, c.num_attention_heads, name="relative_attention_bias")
         bias = jnp.transpose(table(buckets), (0, 3, 1, 2)).astype(jnp.float32) + mask_bias        # [B, H, Lq, Lk]
         layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.remat else Layer
+        hidden = [x]
         for i in range(c.num_hidden_layers):
             x = layer_cls(c, self.dtype, name=f"layer_{i}")(x, bias, deterministic, tokens)
-        return x
+            if all_layers:
+                hidden.append(x)
+        return jnp.stack(hidden) if all_layers else x
 
 
 class Embeddings(nn.Module):
@@ -152,21 +156,22 @@ class Embeddings(nn.Module):
 
 
 class MPNetModel(nn.Module):
-    """Token embeddings [B, L, H] (float32) for token ids [B, L]; ``token_type_ids`` is accepted and ignored."""
+    """Token embeddings [B, L, H] (float32) for token ids [B, L]; ``token_type_ids`` is accepted and ignored.
+    ``all_layers=True``: [layers + 1, B, L, H], the embeddings then each layer's output."""
     config: MPNetConfig
     dtype: Any = jnp.float32
     remat: bool = False
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
-                 sentence_ids=None):
+                 sentence_ids=None, all_layers: bool = False):
         c = self.config
         tokens = None if deterministic else token_ids(attention_mask, position_ids, sentence_ids)
         absolute = offset_position_ids(attention_mask, position_ids, PADDING_IDX)
         relative = jnp.arange(input_ids.shape[1])[None] if position_ids is None else position_ids
         x = Embeddings(c, self.dtype, name="embeddings")(input_ids, absolute, deterministic, tokens)
         x = Encoder(c, self.dtype, self.remat, name="encoder")(x, bert.attention_bias(attention_mask), relative,
-                                                               deterministic, tokens)
+                                                               deterministic, tokens, all_layers)
         if c.add_pooling_layer and self.is_initializing():
-            bert.Pooler(c, name="pooler")(x)
+            bert.Pooler(c, name="pooler")(x[-1] if all_layers else x)
         return x.astype(jnp.float32)

@@ -68,8 +68,9 @@ class RobertaModel(bert.BertModel):
     """
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
-                 sentence_ids=None):
+                 sentence_ids=None, all_layers: bool = False):
         position_ids = offset_position_ids(attention_mask, position_ids, self.config.pad_token_id)
         if token_type_ids is None or self.config.type_vocab_size == 1:
             token_type_ids = jnp.zeros_like(input_ids)   # as Hugging Face's all-zeros buffer
-        return super().__call__(input_ids, attention_mask, token_type_ids, position_ids, deterministic, sentence_ids)
+        return super().__call__(input_ids, attention_mask, token_type_ids, position_ids, deterministic, sentence_ids,
+                                all_layers)

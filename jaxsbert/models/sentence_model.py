@@ -7,9 +7,11 @@ sentence-transformers' ``modules.json``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxsbert.models import families
@@ -60,6 +62,12 @@ class SentenceModel(nn.Module):
 
     Packed features (with ``slots``, see :mod:`jaxsbert.data.packing`; at most ``max_segments``
     sentences per row) give one embedding per slot: ``slots.shape + (D,)``.
+
+    ``all_layers=True`` gives every layer's sentence embeddings from the same forward pass (the same dropout
+    masks), stacked on a new leading axis: ``[layers + 1, B, D]`` (packed: ``[layers + 1] + slots.shape + (D,)``).
+    Entry k is the Transformer's hidden states after layer k (0: the embeddings; the last: the ordinary output)
+    through the same Pooling, Dense and Normalize modules, as sentence-transformers' ``AdaptiveLayerLoss``
+    pools Hugging Face's ``hidden_states``.
     """
     config: SentenceModelConfig
     dtype: Any = jnp.float32
@@ -67,22 +75,29 @@ class SentenceModel(nn.Module):
     max_segments: int = DEFAULT_MAX_SEGMENTS
 
     @nn.compact
-    def __call__(self, features: dict, deterministic: bool = True):
+    def __call__(self, features: dict, deterministic: bool = True, all_layers: bool = False):
         c = self.config
         transformer = families.FAMILIES[c.family].module(c.transformer, dtype=self.dtype, remat=self.remat,
                                                            name="transformer")
         x = transformer(features["input_ids"], features["attention_mask"], features.get("token_type_ids"),
                         features.get("position_ids"), deterministic=deterministic,
-                        sentence_ids=features.get("sentence_ids"))
+                        sentence_ids=features.get("sentence_ids"), all_layers=all_layers)
         packed = is_packed(features)
         for i, m in enumerate(c.modules):
-            if isinstance(m, PoolingConfig) and packed:
-                pooled = pool_segments(x, features["attention_mask"], features["position_ids"], m, self.max_segments)
-                x = jnp.take(pooled, features["slots"], axis=0)
-            elif isinstance(m, PoolingConfig):
-                x = pool(x, features["attention_mask"], m)
+            if isinstance(m, PoolingConfig):
+                pool_one = functools.partial(pool_tokens, features=features, config=m, packed=packed,
+                                             max_segments=self.max_segments)
+                x = jax.vmap(pool_one)(x) if all_layers else pool_one(x)     # Dense, Normalize: the last axis
             elif isinstance(m, DenseConfig):
                 x = Dense(m, name=c.module_name(i))(x)
             elif isinstance(m, NormalizeConfig):
                 x = normalize(x)
         return x
+
+
+def pool_tokens(x, features: dict, config: PoolingConfig, packed: bool, max_segments: int):
+    """One layer's token embeddings [B, L, H] -> sentence embeddings [B, D] (packed: one per slot)."""
+    if packed:
+        pooled = pool_segments(x, features["attention_mask"], features["position_ids"], config, max_segments)
+        return jnp.take(pooled, features["slots"], axis=0)
+    return pool(x, features["attention_mask"], config)

@@ -6,6 +6,8 @@ classifier), both updated by one optax transformation over ``{"params", "heads"}
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -15,12 +17,17 @@ import optax
 
 def make_embed_fn(module, dropout: bool) -> Callable:
     """embed_fn(params, features, rng) -> [B, D]; train-mode dropout when ``dropout`` (and ``rng`` is not
-    None). Its ``max_segments`` is the model's sentences per packed row (for gradient caching on packed batches)."""
-    def embed(params, features, rng):
+    None). Its ``max_segments`` is the model's sentences per packed row (for gradient caching on packed batches).
+    Its ``all_layers(params, features, rng) -> [layers + 1, B, D]`` (a model taking ``all_layers``, as
+    SentenceModel; else None) is the same forward pass giving every layer's sentence embeddings, for
+    AdaptiveLayerLoss and Matryoshka2dLoss; the plain call is unchanged."""
+    def embed(params, features, rng, **kwargs):
         if dropout and rng is not None:
-            return module.apply({"params": params}, features, deterministic=False, rngs={"dropout": rng})
-        return module.apply({"params": params}, features, deterministic=True)
+            return module.apply({"params": params}, features, deterministic=False, rngs={"dropout": rng}, **kwargs)
+        return module.apply({"params": params}, features, deterministic=True, **kwargs)
     embed.max_segments = getattr(module, "max_segments", None)
+    takes_all_layers = "all_layers" in inspect.signature(type(module).__call__).parameters
+    embed.all_layers = functools.partial(embed, all_layers=True) if takes_all_layers else None
     return embed
 
 
