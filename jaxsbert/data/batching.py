@@ -3,7 +3,8 @@
 A batch is a dict of numpy arrays::
 
     {"features": ({"input_ids": int32 [B, L], "attention_mask": int32 [B, L]}, ...)  # one per input column
-     "labels": int32 or float32 [B],   # zeros when the dataset has no label
+     "labels": int32 or float32 [B],   # zeros when the dataset has no label; float32 [B, *shape] for labels
+                                       # that are lists of numbers (teacher embeddings / scores)
      "mask": bool [B]}                 # False on padding rows and rows left out (bad rows skipped)
 
 ``B`` is this process's share of the fixed global batch size and ``L`` the length bucket of the
@@ -98,9 +99,9 @@ def pack_rows(tokens: Tokens, at: np.ndarray, share: int, packed_rows: int, row_
 
 def with_labels_and_mask(features, labels: np.ndarray | None, valid: np.ndarray, at: np.ndarray, share: int,
                          label_dtype: np.dtype) -> dict:
-    """The batch dict: ``features``, the labels padded to ``share`` rows, and the validity mask (row ``k``
-    at row ``at[k]``)."""
-    out_labels = np.zeros(share, label_dtype)
+    """The batch dict: ``features``, the labels padded to ``share`` rows (zeros; labels that are vectors
+    ``[rows, *shape]`` give ``[share, *shape]``), and the validity mask (row ``k`` at row ``at[k]``)."""
+    out_labels = np.zeros((share, *np.shape(labels)[1:]), label_dtype)
     if labels is not None:
         out_labels[at] = labels
     mask = np.zeros(share, bool)

@@ -236,6 +236,9 @@ class DataLoader:
             if labels is None:
                 raise ValueError(f"dataset {name!r} ({source.where}): batch_sampler 'group_by_label' needs a "
                                  "label column")
+            if np.ndim(labels) > 1:
+                raise ValueError(f"dataset {name!r} ({source.where}): batch_sampler 'group_by_label' needs one class "
+                                 f"label per row; this dataset's labels are lists (shape {labels.shape[1:]} per row)")
             return GroupByLabelBatches(labels, self.batch_size, self.seed, drop_last=self.drop_last, stream=stream)
         return PlainBatches(len(source), self.batch_size, self.seed, drop_last=self.drop_last, stream=stream)
 

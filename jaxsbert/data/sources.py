@@ -31,7 +31,8 @@ from typing import Any, Mapping, Sequence
 import datasets
 import numpy as np
 
-from jaxsbert.data.columns import LABEL_COLUMNS, Columns, label_dtype, split_columns
+from jaxsbert.data.columns import (LABEL_COLUMNS, MAX_LABEL_RANK, Columns, label_array, label_dtype, label_shape,
+                                   split_columns)
 
 LINE_FORMATS = (".jsonl", ".csv", ".tsv")
 ON_BAD_ROW = ("error", "skip")
@@ -46,7 +47,7 @@ class Rows:
     """What ``read`` returns: the texts of each input column and the labels of the rows read, in the
     order asked, and the positions (into the rows asked) of rows that were bad and skipped."""
     texts: list[list[str]]           # [column][row]
-    labels: np.ndarray | None
+    labels: np.ndarray | None        # [rows, *label_shape]
     skipped: list[int]
 
 
@@ -54,6 +55,7 @@ class RowSource:
     """Random access to a dataset's rows: see the module docstring."""
     columns: Columns
     label_dtype: np.dtype
+    label_shape: tuple[int, ...] = ()   # one row's label: () a number, (D,) a list of D numbers, (C, D)
     where: str                      # the file(s) or dataset, for messages
 
     def __len__(self) -> int:
@@ -102,6 +104,7 @@ class ArrowSource(RowSource):
         self.columns = split_columns(dataset)
         self.label_dtype = label_dtype(dataset, self.columns.label)
         self.where = where or dataset_source(dataset)
+        self.label_shape = label_shape(dataset, self.columns.label)
         self._arrow = dataset.with_format("arrow")
 
     def __len__(self) -> int:
@@ -113,14 +116,14 @@ class ArrowSource(RowSource):
         texts = [table[c].to_pylist() for c in self.columns.inputs]
         labels = None
         if self.columns.label is not None:
-            labels = np.asarray(table[self.columns.label].to_numpy(zero_copy_only=False)).astype(self.label_dtype)
+            labels = label_array(table[self.columns.label], self.label_shape, self.label_dtype)
         self._count(len(rows))
         return Rows(texts, labels, [])
 
     def all_labels(self) -> np.ndarray | None:
         if self.columns.label is None:
             return None
-        return np.asarray(self._arrow[self.columns.label].to_numpy(zero_copy_only=False)).astype(self.label_dtype)
+        return label_array(self._arrow[self.columns.label], self.label_shape, self.label_dtype)
 
 
 # --------------------------------------------------------------------------- line files
@@ -276,7 +279,8 @@ class LineSource(RowSource):
 
     Columns come from the first file's first row (jsonl: its keys, in order; csv/tsv: the header),
     after ``rename`` and ``columns`` (which keeps and orders columns), as in
-    :func:`~jaxsbert.data.loading.load_dataset`. Every row must have them; labels must be numbers."""
+    :func:`~jaxsbert.data.loading.load_dataset`. Every row must have them; labels must be numbers, or (jsonl)
+    lists of numbers of the first row's shape (:func:`vector_label`)."""
 
     def __init__(self, files: Sequence[str], *, rename: Mapping[str, str] | None = None,
                  columns: Sequence[str] | None = None, limit: int | None = None, on_bad_row: str = "error"):
@@ -312,14 +316,28 @@ class LineSource(RowSource):
         self.columns = split_columns(renamed)
         labels = [c for c in renamed if c in LABEL_COLUMNS]
         self._raw = {new: old for old, new in ((c, self.rename.get(c, c)) for c in names)}
-        # the label's dtype: float for a score; for a label, int (class ids) when the first row's is an integer
+        # the label's dtype: float for a score; for a label, int (class ids) when the first row's is an integer;
+        # its shape: the first row's, when that is a list of numbers (a teacher embedding, teacher scores)
         self.label_dtype = np.dtype(np.float32)
-        if labels and labels[0] in ("label", "labels"):
+        self.label_shape = ()
+        if labels:
             value = first.parse(0).get(self._raw[labels[0]])
-            if isinstance(value, str):
-                value = int(value) if value.strip().lstrip("-").isdigit() else value
-            if isinstance(value, (bool, int)):
-                self.label_dtype = np.dtype(np.int32)
+            if isinstance(value, list):
+                self.label_shape = _first_shape(value)
+                try:
+                    vector_label(value, self.label_shape)
+                except ValueError as e:
+                    raise BadRowError(f"{first.path}:{first.line_number(0)}: label column {labels[0]!r} (row 0): "
+                                      f"{e}") from None
+            elif isinstance(value, str) and value.lstrip().startswith("[") and first.header is not None:
+                raise ValueError(f"{first.path}: label column {labels[0]!r} holds lists ({value:.40}...): a "
+                                 f"{first.ext} file takes one number per row; write labels that are lists "
+                                 "(teacher embeddings or scores) to a .jsonl or .parquet file")
+            elif labels[0] in ("label", "labels"):
+                if isinstance(value, str):
+                    value = int(value) if value.strip().lstrip("-").isdigit() else value
+                if isinstance(value, (bool, int)):
+                    self.label_dtype = np.dtype(np.int32)
 
     def __len__(self) -> int:
         return self._length
@@ -355,6 +373,8 @@ class LineSource(RowSource):
             try:
                 if value is _MISSING:
                     raise ValueError("is missing")
+                if self.label_shape:
+                    return texts, vector_label(value, self.label_shape)
                 if value is None or (isinstance(value, str) and not value.strip()):
                     raise ValueError("None, expected a number")
                 label = float(value)
@@ -364,7 +384,7 @@ class LineSource(RowSource):
                     raise ValueError(f"{value!r} is not a class id (an integer), as the first row's label is")
             except (TypeError, ValueError) as e:
                 msg = str(e) if value is _MISSING or value is None or "finite" in str(e) or "class id" in str(e) \
-                    or "None" in str(e) else f"{value!r:.40} is not a number"
+                    or "None" in str(e) or self.label_shape else f"{value!r:.40} is not a number"
                 raise BadRowError(f"{self.where_row(row)}: label column {c!r} (row {row}){'' if msg.startswith('is') else ':'} "
                                   f"{msg}") from None
         return texts, label
@@ -381,12 +401,14 @@ class LineSource(RowSource):
                 with self._lock:
                     self.bad_rows += 1
                 skipped.append(k)
-                row_texts, label = [""] * len(self.columns.inputs), 0
+                row_texts, label = [""] * len(self.columns.inputs), np.zeros(self.label_shape)
             for col, t in zip(texts, row_texts):
                 col.append(t)
             labels.append(label)
         self._count(len(rows))
-        lab = np.asarray(labels, dtype=np.float64).astype(self.label_dtype) if self.columns.label else None
+        lab = None
+        if self.columns.label:
+            lab = np.asarray(labels, dtype=np.float64).reshape(len(labels), *self.label_shape).astype(self.label_dtype)
         return Rows(texts, lab, skipped)
 
     def all_labels(self) -> np.ndarray | None:
@@ -396,6 +418,51 @@ class LineSource(RowSource):
 
 
 _MISSING = object()
+
+
+def _first_shape(value: Any) -> tuple[int, ...]:
+    """The shape of a nested list read along its first elements ([[1, 2], [3]] -> (2, 2))."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return tuple(shape)
+
+
+def vector_label(value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A label that is a (nested) list of numbers of ``shape`` (as the first row's) -> float64 array;
+    ValueError saying what is wrong (not a list, another length, not a number, NaN). Infinities pass: the
+    loss decides (DistillKLDivLoss takes -inf for a left-out candidate)."""
+    if len(shape) > MAX_LABEL_RANK:
+        raise ValueError(f"lists nested {len(shape)} deep; a label is a number, a list of numbers or a list of lists")
+    if 0 in shape:
+        raise ValueError("an empty list, expected numbers")
+    try:
+        array = np.array(value, dtype=None if isinstance(value, list) else object)
+    except (TypeError, ValueError):        # ragged nested lists
+        array = np.array(None, dtype=object)
+    if array.shape == tuple(shape) and array.dtype.kind in "iuf":
+        if array.dtype.kind == "f" and np.isnan(array).any():
+            at = np.argwhere(np.isnan(array))[0].tolist()
+            raise ValueError(f"NaN at position {at}, expected a number")
+        return array.astype(np.float64)
+
+    def walk(v, depth, at):                 # the first thing wrong, for the message
+        if depth == len(shape):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{v!r:.30} ({type(v).__name__}) at position {at}, expected a number")
+            return
+        if not isinstance(v, list):
+            raise ValueError(f"{v!r:.30} ({type(v).__name__}){f' at position {at}' if at else ''}, expected a list of "
+                             f"{shape[depth]} numbers (as the first row's label)")
+        if len(v) != shape[depth]:
+            raise ValueError(f"a list of {len(v)} values{f' at position {at}' if at else ''}, expected {shape[depth]} "
+                             "(as the first row's label): every row's label must have the same length")
+        for i, x in enumerate(v):
+            walk(x, depth + 1, at + [i])
+
+    walk(value, 0, [])
+    raise ValueError(f"{value!r:.40} is not a list of numbers of shape {tuple(shape)}")
 
 
 def is_line_source(source: Any) -> bool:

@@ -13,7 +13,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from jaxsbert.data.columns import Columns, label_dtype, split_columns
+from jaxsbert.data.columns import Columns, label_array, label_dtype, label_shape, split_columns
 
 TokenizerFn = Callable[[Sequence[str]], list]
 
@@ -81,8 +81,9 @@ class TokenizedDataset:
     """What batching needs from a dataset: token ids per input column, labels, row count."""
     columns: Columns
     inputs: tuple[TokenizedColumn, ...]
-    labels: np.ndarray | None      # [n] int32 or float32; None when there is no label column
+    labels: np.ndarray | None      # [n] int32 or float32, or float32 [n, *label_shape]; None without a label column
     label_dtype: np.dtype
+    label_shape: tuple[int, ...] = ()     # one row's label: () a number, (D,) a list of D numbers, (C, D)
 
     def __len__(self) -> int:
         return len(self.inputs[0]) if self.inputs else 0
@@ -159,8 +160,8 @@ def tokenize_dataset(dataset: datasets.Dataset, tokenizer: TokenizerFn, *, use_m
         inputs = tuple(inputs)
     else:
         inputs = tuple(tokenize_column(arrow[c].to_pylist(), tokenizer, chunk_size) for c in columns.inputs)
-    dtype = label_dtype(dataset, columns.label)
+    dtype, shape = label_dtype(dataset, columns.label), label_shape(dataset, columns.label)
     labels = None
     if columns.label is not None:
-        labels = np.asarray(arrow[columns.label].to_numpy(zero_copy_only=False)).astype(dtype)
-    return TokenizedDataset(columns=columns, inputs=inputs, labels=labels, label_dtype=dtype)
+        labels = label_array(arrow[columns.label], shape, dtype)
+    return TokenizedDataset(columns=columns, inputs=inputs, labels=labels, label_dtype=dtype, label_shape=shape)

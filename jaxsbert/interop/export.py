@@ -110,29 +110,42 @@ def save_loss_head(head_params: Mapping, directory: str, **config: Any) -> str:
     """Writes a loss head's parameters (e.g. SoftmaxLoss' classifier) to ``directory/model.safetensors``
     with PyTorch names (``classifier.weight`` [out, in], ``classifier.bias``) and ``directory/config.json``
     (in_features, out_features, bias, plus ``config``). ``head_params``: ``{"classifier": {"kernel",
-    "bias"}}`` or the ``{"kernel", "bias"}`` of the classifier itself. Returns ``directory``."""
-    params = head_params if "classifier" in head_params else {"classifier": head_params}
-    if set(params) != {"classifier"} or "kernel" not in params["classifier"]:
+    "bias"}}`` or the ``{"kernel", "bias"}`` of the classifier itself. A ``{"projection": {"kernel", "bias"}}``
+    head (EmbedDistillLoss / MSELoss with ``projection_dim``) is written as ``weight`` / ``bias``, the file
+    sentence-transformers' ``save_projection`` writes and ``load_projection`` reads. Returns ``directory``."""
+    if "projection" in head_params:
+        params = dict(head_params)
+    else:
+        params = head_params if "classifier" in head_params else {"classifier": head_params}
+    layer = next(iter(params), None)
+    if len(params) != 1 or layer not in ("classifier", "projection") or "kernel" not in params[layer]:
         raise ValueError(f"loss head params must be {{'classifier': {{'kernel', 'bias'}}}}; got keys "
                          f"{sorted(params)} / {sorted(params.get('classifier', {}))}")
     state = hf.flax_to_state_dict(params)
-    out_features, in_features = state["classifier.weight"].shape
+    if layer == "projection":
+        state = {k.split(".", 1)[1]: v for k, v in state.items()}
+    weight = "weight" if layer == "projection" else "classifier.weight"
+    out_features, in_features = state[weight].shape
     os.makedirs(directory, exist_ok=True)
     hf.save_state_dict(state, os.path.join(directory, "model.safetensors"))
     _write_json(os.path.join(directory, "config.json"), {"in_features": int(in_features),
                                                          "out_features": int(out_features),
-                                                         "bias": "classifier.bias" in state, **config})
+                                                         "bias": weight.replace("weight", "bias") in state, **config})
     return directory
 
 
 def load_loss_head(directory: str) -> dict:
-    """Reads :func:`save_loss_head`'s output -> ``{"classifier": {"kernel", "bias"}}`` (numpy)."""
+    """Reads :func:`save_loss_head`'s output -> ``{"classifier": {"kernel", "bias"}}`` (numpy), or
+    ``{"projection": {"kernel", "bias"}}`` for a projection head."""
     from safetensors.numpy import load_file
 
     path = os.path.join(directory, "model.safetensors")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: file not found (expected a loss head written by save_loss_head)")
     state = load_file(path)
+    if "classifier.weight" not in state and "weight" in state:     # a projection head (EmbedDistillLoss)
+        head = {"kernel": np.ascontiguousarray(state["weight"].T)}
+        return {"projection": {**head, **({"bias": state["bias"]} if "bias" in state else {})}}
     if "classifier.weight" not in state:
         raise ValueError(f"{path}: no 'classifier.weight'; found {sorted(state)}")
     head = {"kernel": np.ascontiguousarray(state["classifier.weight"].T)}

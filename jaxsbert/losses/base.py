@@ -8,7 +8,9 @@ embeddings of the input columns of one (global) batch::
 * ``head_params``: the loss's own trainable parameters (``{}`` for all but ``SoftmaxLoss``),
   created by ``loss.init_head(rng, embedding_dim)``.
 * ``embeddings``: one ``[B, D]`` array per input column, in dataset column order.
-* ``labels``: ``[B]`` array, or ``None`` for losses that take no label.
+* ``labels``: ``[B]`` array, or ``None`` for losses that take no label; ``[B, ...]`` for the losses whose
+  label is a vector (the distillation losses: teacher embeddings ``[B, D]``, teacher scores ``[B, n]``),
+  whose accepted per-row shapes :meth:`Loss.check_label_shape` says.
 * ``mask``: ``[B]`` bool, ``False`` on the padding rows of a fixed-size batch. Padding rows change
   nothing: the value and the gradients equal those of the loss on the valid rows alone. ``None``
   means every row is valid.
@@ -152,6 +154,22 @@ def check_labels_numeric(loss: str, labels: Any, source: str) -> np.ndarray:
     return labels
 
 
+def check_vector_labels(loss: str, labels: Any, source: str, allow_neg_inf: bool = False) -> np.ndarray:
+    """Labels that are vectors, ``[rows, *shape]``: numbers, finite (``allow_neg_inf``: -inf passes, a
+    candidate left out); the error names the first bad row."""
+    labels = np.asarray(labels)
+    if labels.dtype == object or not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
+        raise ValueError(f"{_where(source)}{loss} expects numeric labels, got dtype {labels.dtype}")
+    values = labels.astype(np.float64).reshape(len(labels), int(np.prod(labels.shape[1:])))
+    bad = np.isnan(values) | (values == np.inf) | (~np.isfinite(values) if not allow_neg_inf else False)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        allowed = " (-inf leaves a candidate out)" if allow_neg_inf else ""
+        raise ValueError(f"{_where(source)}{loss} expects finite labels{allowed}; the label column has NaN or inf "
+                         f"(first at row {row}: value {col} is {values[row, col]})")
+    return labels
+
+
 def check_labels_integer(loss: str, labels: Any, source: str, what: str = "integer class ids") -> np.ndarray:
     labels = check_labels_numeric(loss, labels, source)
     if labels.size and not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
@@ -249,6 +267,17 @@ class Loss:
         """Checks the values of a label column (called by :meth:`check_inputs`); default: numeric."""
         check_labels_numeric(self.name, labels, source)
 
+    def check_label_shape(self, shape: tuple[int, ...], num_columns: int, embedding_dim: Optional[int] = None,
+                          source: str = "") -> None:
+        """Checks the shape of one row's label, ``()`` for a number, ``(n,)`` for a list of n numbers, ``(C, D)``
+        for a list of lists, for a batch of ``num_columns`` input columns whose embeddings have
+        ``embedding_dim`` dimensions (None: not known here). Default: a number per row. Called by
+        :meth:`check_inputs` (without the dimension), by the trainer before anything compiles (with the
+        model's) and when the loss is traced."""
+        if tuple(shape) != ():
+            raise ValueError(f"{_where(source)}{self.expects()}; got labels that are lists "
+                             f"(shape {tuple(shape)} per row)")
+
     # ---- the public interface -----------------------------------------------------------------
     def init_head(self, rng: jax.Array, embedding_dim: int) -> Any:
         """The loss's trainable parameters (a pytree); ``{}`` for losses without any."""
@@ -282,7 +311,9 @@ class Loss:
             raise ValueError(f"{_where(source)}{self.expects()}; the dataset has a label column, which this loss "
                              "would ignore: remove it (or rename it if it is an input)")
         if labels is not None:
-            self.check_label_values(np.asarray(labels), source)
+            labels = np.asarray(labels)
+            self.check_label_shape(labels.shape[1:], num_columns, None, source)
+            self.check_label_values(labels, source)
 
     def __call__(self, head_params: Any, embeddings: Sequence[jax.Array], labels: jax.Array | None = None,
                  mask: jax.Array | None = None) -> jax.Array:
@@ -302,8 +333,10 @@ class Loss:
             raise ValueError(f"{self.expects()}; got labels")
         if labels is not None:
             labels = jnp.asarray(labels)
-            if labels.shape != (batch,):
-                raise ValueError(f"{self.name} expects one label per row, shape ({batch},), got {labels.shape}")
+            if labels.shape[:1] != (batch,):
+                more = " ..." if labels.ndim > 1 else ""
+                raise ValueError(f"{self.name} expects one label per row, shape ({batch},{more}), got {labels.shape}")
+            self.check_label_shape(labels.shape[1:], n, embeddings[0].shape[1])
         if mask is None:
             mask = jnp.ones((batch,), bool)
         else:

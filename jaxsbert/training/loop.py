@@ -104,8 +104,12 @@ def prepare(config: dict, *, encoder: SentenceEncoder | None = None, datasets: d
             jdata.validate_dataset(source.dataset, name=f"dataset {name!r}")
             labels = source.all_labels()
         elif source.columns.label is not None:         # read per batch: the values are checked as they are read
-            labels = np.zeros(0, source.label_dtype)
+            labels = np.zeros((0, *source.label_shape), source.label_dtype)
         losses[name].check_inputs(len(source.columns.inputs), labels, source=f"dataset {name!r} ({source.where})")
+        if labels is not None:      # a label that is a vector (teacher embeddings) against the model's dimension
+            losses[name].check_label_shape(labels.shape[1:], len(source.columns.inputs), encoder.embedding_dim,
+                                           source=f"dataset {name!r} ({source.where}), label column "
+                                                  f"{source.columns.label!r}")
         has_labels[name] = source.columns.label is not None
     agree = None
     if jax.process_count() > 1:
