@@ -5,6 +5,7 @@ on the same model, data and hyper-parameters; prints test scores and wall times.
     python benchmarks/recipes.py --recipes sick_softmax --frameworks jaxsbert
     python -m benchmarks.recipes --recipes stsb_cosent --seeds 42 1 2   # mean and sd over seeds
     python -m benchmarks.recipes --recipes stsb_retrieval --seeds 42 1 2  # mine + MNRL, test MRR@10
+    python -m benchmarks.recipes --recipes distill_mse --seeds 42 1 2     # teacher labels + MSELoss student
 
 Each run is a fresh process. ``train s`` is, in both frameworks, the time from loading the model to
 the end of training: imports and the final test evaluation are not in it; jaxsbert's includes
@@ -28,7 +29,50 @@ RECIPES = {
     "stsb_cosine": {"loss": "CosineSimilarityLoss", "data": "stsb"},
     "sick_softmax": {"loss": "SoftmaxLoss", "data": "sick"},
     "stsb_retrieval": {"loss": "MultipleNegativesRankingLoss", "data": "stsb_retrieval"},
+    "distill_mse": {"loss": "MSELoss", "data": "distill"},
 }
+# configs/distill_mse.py: the teacher labels every distinct STSb + SICK training sentence; the student keeps these layers
+DISTILL_SOURCES = ({"source": "stsb", "split": "train"}, {"source": "sick", "split": "train"})
+DISTILL_LAYERS = [0, 2, 4]
+
+
+def distill_sentences() -> list[str]:
+    from jaxsbert import data as jdata
+
+    loaded = [jdata.load_dataset(spec) for spec in DISTILL_SOURCES]
+    return list(dict.fromkeys(t for ds in loaded for c in jdata.split_columns(ds).inputs for t in ds[c]))
+
+
+def run_st_distill(seed: int) -> dict:
+    """configs/distill_mse.py in sentence-transformers (its model_distillation example): the teacher embeds the
+    sentences, a student of the teacher's layers 0, 2, 4 learns them with MSELoss."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+
+    from jaxsbert.data import load_dataset
+    from jaxsbert.models.bundled import resolve_model
+
+    torch.manual_seed(seed)
+    t = time.time()
+    teacher = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
+    sentences = distill_sentences()
+    train = Dataset.from_dict({"sentence": sentences, "label": list(teacher.encode(sentences, batch_size=64))})
+    student = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
+    auto = student[0].auto_model
+    auto.encoder.layer = torch.nn.ModuleList([auto.encoder.layer[i] for i in DISTILL_LAYERS])
+    auto.config.num_hidden_layers = len(DISTILL_LAYERS)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=tempfile.mkdtemp(), num_train_epochs=1, per_device_train_batch_size=64, learning_rate=1e-4,
+        warmup_ratio=0.1, weight_decay=0.01, seed=seed, save_strategy="no", logging_steps=50, report_to="none",
+        use_cpu=True, dataloader_drop_last=False)
+    SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=losses.MSELoss(student)).train()
+    seconds = time.time() - t
+    test = load_dataset({"source": "stsb", "split": "test"})
+    evaluator = EmbeddingSimilarityEvaluator(test["sentence1"], test["sentence2"], test["score"], name="test")
+    return {"framework": "sentence-transformers", "recipe": "distill_mse", "train_seconds": round(seconds, 1),
+            "test_spearman_cosine": float(evaluator(student)["test_spearman_cosine"]), "sentences": len(sentences)}
 # configs/stsb_retrieval.py's mining step, in both frameworks
 MINE_SPEC = {"source": "stsb", "split": "train", "min_score": 0.8, "columns": ["sentence1", "sentence2"]}
 MINE_OPTIONS = dict(num_negatives=1, range_min=2, absolute_margin=0.02)
@@ -84,6 +128,8 @@ def run_sentence_transformers(recipe: str, seed: int = 42) -> dict:
 
     if recipe == "stsb_retrieval":
         return run_st_retrieval(seed)
+    if recipe == "distill_mse":
+        return run_st_distill(seed)
     torch.manual_seed(seed)
     t = time.time()     # as jaxsbert's clock: from loading the model to the end of training, imports excluded
     model = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
@@ -126,7 +172,7 @@ def run_jaxsbert(recipe: str, seed: int = 42) -> dict:
     overrides = [f"seed={seed}", "eval_before=False", "eval_every=0", "save_model=False"]   # evaluate at the end only, as the sentence-transformers side
     workdir = tempfile.mkdtemp()
     t = time.time()
-    mine_seconds, mined_rows = 0.0, None
+    prep_seconds, mined_rows = 0.0, None
     if recipe == "stsb_retrieval":      # the config's first command, `jaxsbert mine`, in this process (timed)
         from jaxsbert.data import load_dataset
         from jaxsbert.encoder import SentenceEncoder
@@ -137,11 +183,24 @@ def run_jaxsbert(recipe: str, seed: int = 42) -> dict:
         mined = mine_hard_negatives(load_dataset(MINE_SPEC), encoder, progress=False, **MINE_OPTIONS)
         path = os.path.join(workdir, "hard_negatives.jsonl")
         mined.to_json(path, lines=True)
-        mine_seconds, mined_rows = time.time() - t, len(mined)
+        prep_seconds, mined_rows = time.time() - t, len(mined)
         overrides += [f"data.train.pairs.source={path!r}", "best_metric=None"]
+    if recipe == "distill_mse":       # the config's first command, `jaxsbert embed-labels`, in this process (timed)
+        from datasets import Dataset
+
+        from jaxsbert.distill import embed_labels
+        from jaxsbert.encoder import SentenceEncoder
+        from jaxsbert.models.bundled import resolve_model
+
+        teacher = SentenceEncoder.from_pretrained(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
+        labelled = embed_labels(Dataset.from_dict({"sentence": distill_sentences()}), teacher)
+        path = os.path.join(workdir, "teacher_embeddings.jsonl")
+        labelled.to_json(path, lines=True)
+        prep_seconds = time.time() - t
+        overrides += [f"data.train.distill.source={path!r}"]
     config = build_config(recipe, overrides)
     summary = train(config, os.path.join(workdir, "run"))
-    seconds = summary["train_seconds"] + mine_seconds
+    seconds = summary["train_seconds"] + prep_seconds
     result = {"framework": "jaxsbert", "recipe": recipe, "train_seconds": round(seconds, 1),
               "wall_seconds_with_eval": round(time.time() - t, 1)}
     ev = summary["eval"]
@@ -153,7 +212,7 @@ def run_jaxsbert(recipe: str, seed: int = 42) -> dict:
         result["test_accuracy"] = ev["sick-test-accuracy_accuracy"]
     if "stsb-test-ir_cosine_mrr@10" in ev:
         result.update({"test_mrr@10": ev["stsb-test-ir_cosine_mrr@10"], "test_ndcg@10": ev["stsb-test-ir_cosine_ndcg@10"],
-                       "mined_rows": mined_rows, "mine_seconds": round(mine_seconds, 1)})
+                       "mined_rows": mined_rows, "prep_seconds": round(prep_seconds, 1)})
     return result
 
 

@@ -196,16 +196,11 @@ def cmd_eval(args) -> None:
 
 
 def cmd_mine(args) -> None:
-    import os
 
     from jaxsbert import data as jdata
     from jaxsbert.mining import mine_hard_negatives
 
-    if os.path.exists(args.output) and not args.overwrite:
-        raise FileExistsError(f"jaxsbert mine: {args.output} exists; pass --overwrite to replace it")
-    suffix = os.path.splitext(args.output)[1]
-    if suffix not in (".jsonl", ".json", ".csv", ".parquet"):
-        raise ValueError(f"jaxsbert mine: --output {args.output}: write .jsonl, .csv or .parquet")
+    _check_output(args.output, args.overwrite, "mine")
     dataset = jdata.load_dataset(_dataset_spec(args.dataset, args.split, "--dataset"), data_root=args.data_root)
     for option, column in (("--anchor-column", args.anchor_column), ("--positive-column", args.positive_column)):
         if column is not None and column not in dataset.column_names:
@@ -226,16 +221,58 @@ def cmd_mine(args) -> None:
                                              "include_positives", "output_format", "output_scores")}
     mined = mine_hard_negatives(dataset, encoder, args.anchor_column, args.positive_column, corpus,
                                 batch_size=args.batch_size, seed=args.seed, **options)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp" + suffix
+    _write_dataset(mined, args.output)
+
+
+def _check_output(path: str, overwrite: bool, command: str, csv: bool = True) -> None:
+    """An output dataset file: .jsonl, .json, .parquet (or .csv), not replacing one without ``overwrite``."""
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"jaxsbert {command}: {path} exists; pass --overwrite to replace it")
+    if os.path.splitext(path)[1] not in (".jsonl", ".json", ".parquet") + ((".csv",) if csv else ()):
+        raise ValueError(f"jaxsbert {command}: --output {path}: write .jsonl{', .csv' if csv else ''} or .parquet"
+                         + ("" if csv else " (labels that are lists do not fit in a .csv)"))
+
+
+def _write_dataset(dataset, path: str) -> None:
+    """Writes a dataset jaxsbert train reads; an earlier file is replaced only by a complete one."""
+    suffix = os.path.splitext(path)[1]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp" + suffix
     if suffix == ".csv":
-        mined.to_csv(tmp, index=False)
+        dataset.to_csv(tmp, index=False)
     elif suffix == ".parquet":
-        mined.to_parquet(tmp)
+        dataset.to_parquet(tmp)
     else:
-        mined.to_json(tmp, lines=True, force_ascii=False)
-    os.replace(tmp, args.output)          # an earlier output is replaced only by a complete one
-    print(f"wrote {len(mined)} rows ({', '.join(mined.column_names)}) to {args.output}")
+        dataset.to_json(tmp, lines=True, force_ascii=False)
+    os.replace(tmp, path)
+    print(f"wrote {len(dataset)} rows ({', '.join(dataset.column_names)}) to {path}")
+
+
+def cmd_embed_labels(args) -> None:
+    """Teacher labels for distillation (jaxsbert.distill): embeddings (MSELoss, EmbedDistillLoss) or scores /
+    margins of (query, positive, negative ...) rows (DistillKLDivLoss, MarginMSELoss)."""
+    import datasets
+
+    from jaxsbert import data as jdata
+    from jaxsbert.distill import embed_labels, score_labels
+
+    _check_output(args.output, args.overwrite, "embed-labels", csv=False)
+    loaded = [jdata.load_dataset(_dataset_spec(text, args.split, "--dataset"), data_root=args.data_root)
+              for text in args.dataset]
+    if args.sentences:        # every input text of every dataset, once, as one column
+        texts = (t for ds in loaded for c in jdata.split_columns(ds).inputs for t in ds[c])
+        dataset = datasets.Dataset.from_dict({"sentence": list(dict.fromkeys(texts))})
+    elif len(loaded) == 1:
+        dataset = loaded[0]
+    else:
+        raise ValueError("embed-labels: several --dataset need --sentences (their texts as one column)")
+    teacher = _load_encoder(args.model)
+    columns = args.columns.split(",") if args.columns else None
+    if args.scores or args.margins:
+        labelled = score_labels(dataset, teacher, columns, batch_size=args.batch_size, margins=args.margins)
+    else:
+        labelled = embed_labels(dataset, teacher, columns, batch_size=args.batch_size)
+    _write_dataset(labelled, args.output)
 
 
 def cmd_export(args) -> None:
@@ -348,6 +385,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="for sampling_strategy random")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.set_defaults(func=cmd_mine)
+
+    p = sub.add_parser("embed-labels", parents=[common],
+                       help="write a dataset with a teacher's embeddings (or scores) as its label column, for "
+                            "MSELoss / EmbedDistillLoss (or DistillKLDivLoss / MarginMSELoss)")
+    p.add_argument("--model", required=True, help="the teacher: " + model_help)
+    p.add_argument("--dataset", required=True, action="append",
+                   help="dataset name (stsb, sick, a file) or a JSON dataset spec; repeat with --sentences")
+    p.add_argument("--output", required=True, help=".jsonl (default), .csv or .parquet: a dataset jaxsbert train reads")
+    p.add_argument("--split", default=None, help="the datasets' split (named datasets; default train)")
+    p.add_argument("--data-root", default=None, help="directory holding stsbenchmark/ and sick/")
+    p.add_argument("--sentences", action="store_true",
+                   help="label every distinct input text of the dataset(s), as one column 'sentence'")
+    p.add_argument("--columns", default=None,
+                   help="comma-separated input columns to embed (default: every input column)")
+    p.add_argument("--scores", action="store_true",
+                   help="label (query, positive, negative ...) rows with the teacher's scores (DistillKLDivLoss)")
+    p.add_argument("--margins", action="store_true",
+                   help="label (query, positive, negative ...) rows with the teacher's margins (MarginMSELoss)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.set_defaults(func=cmd_embed_labels)
 
     p = sub.add_parser("export", parents=[common],
                        help="write a sentence-transformers directory from a training checkpoint")

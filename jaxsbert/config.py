@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "name": "experiment",
     "model": "sentence-transformers/all-MiniLM-L6-v2",  # ST/HF directory or hub id (bundled copy used offline)
     "max_seq_length": None,          # None: the model's own
+    "keep_layers": None,             # e.g. [0, 2, 4]: train a student of only these Transformer layers of the model
     "seed": 42,
     "data": {
         # name -> dataset spec (see jaxsbert.data.load_dataset); several names = multi-dataset training

@@ -52,8 +52,12 @@ def _loss_specs(config: dict, names: list[str]) -> dict[str, dict]:
 
 
 def load_model(config: dict, encoder: SentenceEncoder | None = None) -> SentenceEncoder:
-    """The config's model (or ``encoder``, already loaded), with the config's ``max_seq_length`` if it sets one."""
+    """The config's model (or ``encoder``, already loaded), with the config's ``keep_layers`` and ``max_seq_length``
+    if it sets them."""
     encoder = encoder or SentenceEncoder.from_pretrained(resolve_model(config["model"]))
+    if config.get("keep_layers") is not None:
+        from jaxsbert.models.layers import keep_layers
+        encoder = keep_layers(encoder, config["keep_layers"])
     if config.get("max_seq_length"):
         msl = int(config["max_seq_length"])
         tokenizer = copy.copy(encoder.tokenizer)
@@ -334,8 +338,9 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
                 log_step(step, state, metrics, item, flush=False)
             if (_every(config["eval_every"], step, epoch_ended) or control.should_evaluate) \
                     and step < run.total_steps and run.evaluators:
+                t_eval = time.time()
                 evaluate(whole(state))
-                log_step.restart_clock()        # pairs/s counts training time only
+                log_step.exclude(time.time() - t_eval)       # pairs/s counts training time only
             if _every(ckpt_cfg["every_steps"], step, epoch_ended) or control.should_save:
                 save_checkpoint(whole(state))
             control.should_log = control.should_evaluate = control.should_save = False
@@ -416,7 +421,7 @@ def _logger(run: Run, writer: MetricsWriter, workdir: str, checkpointer: Checkpo
         return bad is not None
 
     log_step.progress = progress
-    log_step.restart_clock = lambda: t_log.__setitem__(0, time.time())
+    log_step.exclude = lambda seconds: t_log.__setitem__(0, t_log[0] + seconds)   # time spent on other things
     return log_step
 
 
