@@ -249,6 +249,11 @@ class Loss:
       ``min_columns`` / ``max_columns``: how many input columns the loss takes (``None``: no maximum).
       ``label_mode``: ``"none"`` (no label column), ``"required"``, or ``"optional"``.
       ``columns_doc`` / ``label_doc``: what the columns and the label are, for error messages and docs.
+      ``head_from_model``: the head is made from the model's parameters (``init_head(rng, dim, params=...)``:
+      ContrastiveTension's model1, a trainable copy of the model); the trainer passes them, keeps the head out
+      of the exported model and trains the whole word-embedding table.
+      ``supports_packing``: the loss trains on packed batches (``data.packing="auto"`` leaves the datasets of
+      the others unpacked, and ``True`` is refused for them).
     """
     name: ClassVar[str] = "Loss"
     min_columns: ClassVar[int] = 2
@@ -256,6 +261,8 @@ class Loss:
     label_mode: ClassVar[str] = "none"
     columns_doc: ClassVar[str] = "(anchor, positive)"
     label_doc: ClassVar[str] = "none"
+    head_from_model: ClassVar[bool] = False
+    supports_packing: ClassVar[bool] = True
 
     # ---- what subclasses implement ------------------------------------------------------------
     def compute(self, head_params: Any, embeddings: tuple[jax.Array, ...], labels: jax.Array | None,

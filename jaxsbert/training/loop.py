@@ -142,15 +142,22 @@ def prepare(config: dict, *, encoder: SentenceEncoder | None = None, datasets: d
 
 
 def _packing(setting: Any, losses: dict) -> dict[str, bool]:
-    """Which datasets are packed: "auto" packs every dataset."""
+    """Which datasets are packed: "auto" packs every dataset whose loss trains on packed batches."""
     if isinstance(setting, dict):
         unknown = sorted(set(setting) - set(losses))
         if unknown:
             raise ValueError(f"data.packing names unknown dataset(s) {unknown}; datasets: {sorted(losses)}")
-        return {name: bool(setting.get(name, False)) for name in losses}
-    if setting == "auto" or isinstance(setting, bool):
-        return {name: setting is not False for name in losses}
-    raise ValueError(f"data.packing must be 'auto', True, False or {{dataset: bool}}; got {setting!r}")
+        packed = {name: bool(setting.get(name, False)) for name in losses}
+    elif setting == "auto" or isinstance(setting, bool):
+        packed = {name: setting is True or (setting == "auto" and loss.supports_packing)
+                  for name, loss in losses.items()}
+    else:
+        raise ValueError(f"data.packing must be 'auto', True, False or {{dataset: bool}}; got {setting!r}")
+    for name, loss in losses.items():
+        if packed[name] and not loss.supports_packing:
+            raise ValueError(f"data.packing: dataset {name!r}: {loss.name} cannot train on packed batches; "
+                             f"set data.packing to 'auto' or False (or {{{name!r}: False}})")
+    return packed
 
 
 def _evaluate(run: Run, state, step: int, writer: MetricsWriter, final: bool = False) -> dict[str, float]:
@@ -221,7 +228,8 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     tx, schedule = make_optimizer(optim, max(run.total_steps // accum, 1))
     dim = encoder.embedding_dim
     head_rng = jax.random.PRNGKey(int(config["seed"]) + 1)
-    heads = {name: loss.init_head(jax.random.fold_in(head_rng, i), dim)
+    heads = {name: loss.init_head(jax.random.fold_in(head_rng, i), dim,   # ContrastiveTension: model1, a copy
+                                  **({"params": encoder.params} if loss.head_from_model else {}))
              for i, (name, loss) in enumerate(run.losses.items())}
     heads = {k: v for k, v in heads.items() if jax.tree_util.tree_leaves(v)}
 
@@ -448,6 +456,8 @@ def _compact_vocab(config: dict, run: Run, state: dict, mesh, sharding) -> Compa
     token_ids = run.loader.token_ids()
     if token_ids is None:
         blocked = "a dataset is tokenized per batch, so its tokens are not known up front"
+    if any(loss.head_from_model for loss in run.losses.values()):
+        blocked = "a loss trains a copy of the model as its head (ContrastiveTension's model1)"
     if blocked:
         log.info("training the whole word-embedding table (compact_vocab does not apply: %s)", blocked)
         return None
@@ -591,6 +601,8 @@ def _save_model(run: Run, state, directory: str, eval_results: dict, overwrite: 
     encoder.save_pretrained(directory, overwrite=overwrite, base_model=model_card.base_model_id(run.config["model"]),
                             training=training)
     for name, head in jax.device_get(state["heads"]).items():   # loss heads live beside the model, not in it
+        if run.losses[name].head_from_model:     # a copy of the model (ContrastiveTension): in the checkpoints
+            continue
         export.save_loss_head(head, os.path.join(os.path.dirname(os.path.abspath(directory)),
                                                  f"{os.path.basename(directory)}-loss-head-{name}"),
                               loss=run.losses[name].name, **run.losses[name].config_dict())
