@@ -214,3 +214,12 @@ def test_eval_and_save_strategy_epoch(tmp_path, tiny_model):
             train_dataset=_demo(96), evaluator=evaluator, callbacks=[events]).train()
     assert [e[1] for e in events.events if e[0] == "evaluate"] == [6, 12]      # end of epoch 1, then the final one
     assert [e[1] for e in events.events if e[0] == "save"] == [6, 12]
+
+
+def test_eval_loss_refuses_losses_that_run_the_model(tmp_path, tiny_model):
+    from jaxsbert.losses import get_loss
+    from jaxsbert.training.eval_loss import LossEvaluator
+
+    dev = _demo(split="dev").remove_columns(["sentence2", "score"])
+    with pytest.raises(ValueError, match="no eval_loss for ContrastiveTensionLossInBatchNegatives: it runs the model"):
+        LossEvaluator(dev, get_loss("ContrastiveTensionLossInBatchNegatives"))

@@ -24,8 +24,14 @@ class LossEvaluator:
     during_training = True
 
     def __init__(self, dataset, loss, name: str = "eval", batch_size: int = 8, head_dataset: str | None = None):
+        from jaxsbert.losses import Loss
+
         columns = jdata.split_columns(dataset)
         source = f"eval dataset {name!r}"
+        if type(loss).value_and_grad is not Loss.value_and_grad:
+            raise ValueError(f"{source}: no eval_loss for {loss.name}: it runs the model itself (a guide, a second "
+                             "copy, a decoder or every layer), not only on the final embeddings; evaluate with an "
+                             "evaluator instead")
         jdata.validate_dataset(dataset, name=source)
         labels = np.asarray(dataset[columns.label]) if columns.label else None
         loss.check_inputs(len(columns.inputs), labels, source=source)
