@@ -178,6 +178,7 @@ CASE_IDS = [c.id for c in CASES]
 TESTED_ELSEWHERE = {"GlobalOrthogonalRegularizationLoss", "AdaptiveLayerLoss", "Matryoshka2dLoss"}  # test_layer_losses.py
 TESTED_ELSEWHERE |= {"MSELoss", "EmbedDistillLoss", "MarginMSELoss", "DistillKLDivLoss"}   # tests/test_distill_losses.py
 TESTED_ELSEWHERE |= {"ContrastiveTensionLoss", "ContrastiveTensionLossInBatchNegatives"}  # test_contrastive_tension.py
+TESTED_ELSEWHERE |= {"GISTEmbedLoss", "CachedGISTEmbedLoss"}  # tests/test_gist.py
 
 
 def test_every_loss_has_a_case():

@@ -20,6 +20,7 @@ from jaxsbert.losses.base import EmbedFn, Loss, cos_sim, dot_score, normalize, p
 from jaxsbert.losses.contrastive_tension import ContrastiveTensionLoss, ContrastiveTensionLossInBatchNegatives
 from jaxsbert.losses.distill import DistillKLDivLoss, EmbedDistillLoss, MarginMSELoss, MSELoss
 from jaxsbert.losses.gradcache import grad_cache_value_and_grad
+from jaxsbert.losses.gist import CachedGISTEmbedLoss, GISTEmbedLoss
 from jaxsbert.losses.matryoshka import MatryoshkaLoss
 from jaxsbert.losses.mega_batch import MegaBatchMarginLoss
 from jaxsbert.losses.orthogonal import GlobalOrthogonalRegularizationLoss
@@ -39,7 +40,7 @@ LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (
     OnlineContrastiveLoss, CosineSimilarityLoss, CoSENTLoss, AnglELoss, MatryoshkaLoss, MegaBatchMarginLoss,
     BatchHardTripletLoss, BatchSemiHardTripletLoss, BatchAllTripletLoss, BatchHardSoftMarginTripletLoss,
     ContrastiveTensionLoss, ContrastiveTensionLossInBatchNegatives,
-    GlobalOrthogonalRegularizationLoss, AdaptiveLayerLoss, Matryoshka2dLoss)}
+    GISTEmbedLoss, CachedGISTEmbedLoss, GlobalOrthogonalRegularizationLoss, AdaptiveLayerLoss, Matryoshka2dLoss)}
 
 
 def _hashable(value: Any) -> Any:

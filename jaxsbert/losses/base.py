@@ -294,6 +294,13 @@ class Loss:
         """The head as a PyTorch state dict of the sentence-transformers loss module (``{}`` when none)."""
         return {}
 
+    def frozen_params(self, encoder: Any) -> Any:
+        """Parameters the loss uses but never trains (GISTEmbedLoss's guide model), for training ``encoder``;
+        ValueError when they cannot go with it. None (the default): none. The trainer keeps them in the train
+        state's ``frozen`` entry (sharded like the model, outside the optimizer, gradients and checkpoints)
+        and passes them to :meth:`value_and_grad` as ``frozen``."""
+        return None
+
     def expects(self) -> str:
         """One line saying what the loss takes, for error messages."""
         if self.max_columns is None:
@@ -325,6 +332,12 @@ class Loss:
     def __call__(self, head_params: Any, embeddings: Sequence[jax.Array], labels: jax.Array | None = None,
                  mask: jax.Array | None = None) -> jax.Array:
         """The loss value (a float32 scalar) on one batch; see the module docstring."""
+        return self.compute(head_params, *self.checked_inputs(embeddings, labels, mask))
+
+    def checked_inputs(self, embeddings: Sequence[jax.Array], labels: jax.Array | None,
+                       mask: jax.Array | None) -> tuple[tuple[jax.Array, ...], jax.Array | None, jax.Array]:
+        """``(embeddings, labels, mask)`` checked (ValueError saying what the loss expects), as float32 / a [B]
+        bool mask, padding rows zeroed: what :meth:`compute` takes."""
         embeddings = tuple(jnp.asarray(e, jnp.float32) for e in embeddings)
         n = len(embeddings)
         if n < self.min_columns or (self.max_columns is not None and n > self.max_columns):
@@ -352,11 +365,11 @@ class Loss:
                 raise ValueError(f"{self.name} expects a [B] validity mask of shape ({batch},), got {mask.shape}")
             mask = mask.astype(bool)
             embeddings = zero_padding(embeddings, mask)
-        return self.compute(head_params, embeddings, labels, mask)
+        return embeddings, labels, mask
 
     def value_and_grad(self, embed_fn: EmbedFn, params: Any, head_params: Any, features: Sequence[dict],
                        labels: jax.Array | None = None, mask: jax.Array | None = None,
-                       rng: jax.Array | None = None) -> tuple[jax.Array, tuple[Any, Any]]:
+                       rng: jax.Array | None = None, frozen: Any = None) -> tuple[jax.Array, tuple[Any, Any]]:
         """Loss and gradients wrt the model and head parameters for one batch.
 
         ``features``: one feature dict per input column (arrays with leading axis B), or one packed
@@ -368,19 +381,28 @@ class Loss:
         batch draws the same masks.
         Returns ``(loss, (param_grads, head_grads))``. Losses that cache gradients
         (``grad_cache_mini_batch_size()`` not None) embed and back-propagate in chunks instead,
-        with the same result (see :mod:`jaxsbert.losses.gradcache`).
+        with the same result (see :mod:`jaxsbert.losses.gradcache`). ``frozen``: the parameters of
+        :meth:`frozen_params` (the train state's ``frozen`` entry for this loss's dataset); ignored here.
         """
+        return self.embeddings_value_and_grad(lambda e, h: self(h, e, labels, mask), embed_fn, params,
+                                              head_params, features, mask, rng)
+
+    def embeddings_value_and_grad(self, loss_fn: Callable[[tuple, Any], jax.Array], embed_fn: EmbedFn, params: Any,
+                                  head_params: Any, features: Sequence[dict], mask: jax.Array | None = None,
+                                  rng: jax.Array | None = None) -> tuple[jax.Array, tuple[Any, Any]]:
+        """:meth:`value_and_grad` of ``loss_fn(embeddings, head_params)`` (the columns' embeddings -> the loss):
+        embedded and differentiated as this loss does (gradient caching included)."""
         if is_packed(features):
             chunk = self.grad_cache_chunk_rows(features["input_ids"].shape[1])
             if chunk is not None:
                 from jaxsbert.losses.gradcache import packed_grad_cache_value_and_grad
 
-                return packed_grad_cache_value_and_grad(lambda e, h: self(h, e, labels, mask), embed_fn, params,
-                                                        head_params, features, mask, rng, chunk, self.name)
+                return packed_grad_cache_value_and_grad(loss_fn, embed_fn, params, head_params, features, mask,
+                                                        rng, chunk, self.name)
 
             def total_packed(p, h):
                 emb = embed_fn(p, features, rng)              # [B, columns, D]
-                return self(h, tuple(emb[:, c] for c in range(emb.shape[1])), labels, mask)
+                return loss_fn(tuple(emb[:, c] for c in range(emb.shape[1])), h)
 
             return jax.value_and_grad(total_packed, argnums=(0, 1))(params, head_params)
         features = tuple(features) if rng is None else with_sentence_ids(features)
@@ -392,11 +414,11 @@ class Loss:
                 length = max(jnp.shape(f["input_ids"])[-1] for f in features)
                 chunk = largest_divisor(jnp.shape(features[0]["input_ids"])[0], self.grad_cache_chunk_rows(length))
 
-            return grad_cache_value_and_grad(lambda e, h: self(h, e, labels, mask), embed_fn, params, head_params,
-                                             features, rng, chunk, self.name)
+            return grad_cache_value_and_grad(loss_fn, embed_fn, params, head_params, features, rng, chunk,
+                                             self.name)
 
         def total(p, h):
-            return self(h, embed_columns(embed_fn, p, features, rng), labels, mask)
+            return loss_fn(embed_columns(embed_fn, p, features, rng), h)
 
         loss, grads = jax.value_and_grad(total, argnums=(0, 1))(params, head_params)
         return loss, grads

@@ -125,6 +125,17 @@ def _describe(names: list[str], limit: int = 4) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+FROZEN = "frozen"    # the train state's entry of parameters a loss uses but never trains (a guide model's)
+
+
+def _without_frozen(state: Any) -> tuple[Any, Any]:
+    """(the state without its ``frozen`` entry, that entry or None). Frozen parameters are never saved: they
+    are the guide's own, reloaded from its path when a run starts or resumes."""
+    if isinstance(state, dict) and FROZEN in state:
+        return {k: v for k, v in state.items() if k != FROZEN}, state[FROZEN]
+    return state, None
+
+
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(directory)
@@ -136,7 +147,9 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Saves asynchronously when enabled; the write is atomic (a finished step directory or none).
-        Refuses (FloatingPointError) a state holding NaN or inf, and never replaces an existing step."""
+        Refuses (FloatingPointError) a state holding NaN or inf, and never replaces an existing step. A
+        ``frozen`` entry (a loss's untrained parameters) is left out."""
+        state, _ = _without_frozen(state)
         checksums, nonfinite = digest(state)
         if nonfinite:
             raise FloatingPointError(f"{self.directory}: not saving step {step}: non-finite values in "
@@ -250,8 +263,11 @@ class Checkpointer:
 
     def restore(self, target_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restores ``step`` (default: the latest readable one) into arrays shaped and sharded like
-        ``target_state``. Without ``step``, damaged checkpoints are moved aside and older ones tried."""
-        return self._restore(target_state, step, quarantine=True)
+        ``target_state``. Without ``step``, damaged checkpoints are moved aside and older ones tried. The
+        target's ``frozen`` entry (never saved) is returned as it is."""
+        target_state, frozen = _without_frozen(target_state)
+        state, meta = self._restore(target_state, step, quarantine=True)
+        return (state if frozen is None else {**state, FROZEN: frozen}), meta
 
     def restore_raw(self, step: int | None = None) -> Any:
         """The saved train state as plain nested dicts of arrays, without a target structure (checked

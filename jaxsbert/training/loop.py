@@ -76,6 +76,7 @@ class Run:
     has_labels: dict[str, bool]
     evaluators: dict[str, Any]
     total_steps: int
+    frozen: dict = dataclasses.field(default_factory=dict)   # {dataset: parameters its loss uses untrained}
 
 
 def prepare(config: dict, *, encoder: SentenceEncoder | None = None, datasets: dict | None = None,
@@ -115,6 +116,8 @@ def prepare(config: dict, *, encoder: SentenceEncoder | None = None, datasets: d
                                            source=f"dataset {name!r} ({source.where}), label column "
                                                   f"{source.columns.label!r}")
         has_labels[name] = source.columns.label is not None
+    # parameters a loss uses but does not train (GISTEmbedLoss's guide), checked against the model here
+    frozen = {name: p for name, loss in losses.items() if (p := loss.frozen_params(encoder)) is not None}
     agree = None
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -138,7 +141,7 @@ def prepare(config: dict, *, encoder: SentenceEncoder | None = None, datasets: d
     total = int(config["max_steps"]) if int(config["max_steps"]) > 0 else loader.total_steps(int(config["epochs"]))
     evaluators = {**{name: tevals.build_evaluator(name, spec, data_root=data_cfg.get("data_root"), losses=losses)
                      for name, spec in data_cfg["eval"].items()}, **(evaluators or {})}
-    return Run(config, encoder, loader, losses, has_labels, evaluators, total)
+    return Run(config, encoder, loader, losses, has_labels, evaluators, total, frozen)
 
 
 def _packing(setting: Any, losses: dict) -> dict[str, bool]:
@@ -235,7 +238,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
 
     mesh = pmesh.make_mesh(config.get("mesh"))
     pmesh.check_batch_size(mesh, int(config["batch_size"]))
-    state = init_state(encoder.params, heads, tx, int(config["seed"]))
+    state = init_state(encoder.params, heads, tx, int(config["seed"]), frozen=run.frozen)
     state_sharding = pmesh.param_sharding(mesh, state)
     state = jax.device_put(state, state_sharding)
 
@@ -456,6 +459,8 @@ def _compact_vocab(config: dict, run: Run, state: dict, mesh, sharding) -> Compa
     token_ids = run.loader.token_ids()
     if token_ids is None:
         blocked = "a dataset is tokenized per batch, so its tokens are not known up front"
+    if run.frozen:
+        blocked = "a loss runs a guide model on the batches' token ids (GISTEmbedLoss)"
     if any(loss.head_from_model for loss in run.losses.values()):
         blocked = "a loss trains a copy of the model as its head (ContrastiveTension's model1)"
     if blocked:

@@ -1,8 +1,9 @@
 """The jitted train step: embed -> loss -> gradients -> optax update, for one (loss, batch shape).
 
-The train state is a dict pytree ``{"step", "params", "heads", "opt_state", "rng", "nonfinite"}``:
+The train state is a dict pytree ``{"step", "params", "heads", "opt_state", "rng", "nonfinite", ["frozen"]}``:
 ``params`` are the encoder's, ``heads`` the trainable loss heads by dataset name (SoftmaxLoss's
-classifier), both updated by one optax transformation over ``{"params", "heads"}``.
+classifier), both updated by one optax transformation over ``{"params", "heads"}``; ``frozen`` (only when a
+loss has any) holds parameters a loss uses but never trains, by dataset name (GISTEmbedLoss's guide model).
 """
 from __future__ import annotations
 
@@ -31,10 +32,15 @@ def make_embed_fn(module, dropout: bool) -> Callable:
     return embed
 
 
-def init_state(params: Any, heads: dict, tx: optax.GradientTransformation, seed: int) -> dict:
+def init_state(params: Any, heads: dict, tx: optax.GradientTransformation, seed: int, frozen: dict | None = None) -> dict:
+    """The train state; ``frozen`` ({dataset: parameters a loss uses but does not train}, e.g. a guide model's),
+    when not empty, becomes its ``frozen`` entry: outside the optimizer and the gradients, passed to the loss."""
     trainable = {"params": params, "heads": heads}
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "heads": heads, "opt_state": tx.init(trainable),
-            "rng": jax.random.key_data(jax.random.PRNGKey(seed)), "nonfinite": jnp.zeros((), jnp.int32)}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "heads": heads, "opt_state": tx.init(trainable),
+             "rng": jax.random.key_data(jax.random.PRNGKey(seed)), "nonfinite": jnp.zeros((), jnp.int32)}
+    if frozen:
+        state["frozen"] = frozen
+    return state
 
 
 def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTransformation,
@@ -67,8 +73,10 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
         step_rng = jax.random.fold_in(step_rng, state["step"])
         head = state["heads"].get(dataset, {})
         labels = batch["labels"] if has_labels else None
+        frozen = state.get("frozen", {}).get(dataset)      # parameters the loss uses untrained (a guide model's)
         value, (g_params, g_head) = loss.value_and_grad(embed_fn, state["params"], head, batch["features"],
-                                                        labels, batch["mask"], step_rng)
+                                                        labels, batch["mask"], step_rng,
+                                                        **({} if frozen is None else {"frozen": frozen}))
         g_heads = jax.tree_util.tree_map(jnp.zeros_like, state["heads"])
         if dataset in g_heads:
             g_heads[dataset] = g_head
@@ -101,6 +109,8 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
             "rng": jax.random.key_data(rng),
             "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
         }
+        if "frozen" in state:
+            new_state["frozen"] = state["frozen"]
         optimizer_step = state["step"] // grad_accum_steps
         metrics = {"loss": value, "lr": schedule(optimizer_step), "grad_norm": grad_norm,
                    "finite": finite, "rows": jnp.sum(batch["mask"].astype(jnp.int32))}   # global valid rows
