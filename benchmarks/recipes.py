@@ -6,6 +6,7 @@ on the same model, data and hyper-parameters; prints test scores and wall times.
     python -m benchmarks.recipes --recipes stsb_cosent --seeds 42 1 2   # mean and sd over seeds
     python -m benchmarks.recipes --recipes stsb_retrieval --seeds 42 1 2  # mine + MNRL, test MRR@10
     python -m benchmarks.recipes --recipes distill_mse --seeds 42 1 2     # teacher labels + MSELoss student
+    python -m benchmarks.recipes --recipes gist --seeds 42 1 2            # GISTEmbedLoss with a guide
 
 Each run is a fresh process. ``train s`` is, in both frameworks, the time from loading the model to
 the end of training: imports and the final test evaluation are not in it; jaxsbert's includes
@@ -30,7 +31,42 @@ RECIPES = {
     "sick_softmax": {"loss": "SoftmaxLoss", "data": "sick"},
     "stsb_retrieval": {"loss": "MultipleNegativesRankingLoss", "data": "stsb_retrieval"},
     "distill_mse": {"loss": "MSELoss", "data": "distill"},
+    "gist": {"loss": "GISTEmbedLoss", "data": "gist"},
 }
+# configs/gist.py's datasets: the high-similarity pairs of STSb and SICK
+GIST_DATASETS = {"stsb": {"source": "stsb", "split": "train", "min_score": 0.8, "columns": ["sentence1", "sentence2"]},
+                 "sick": {"source": "sick", "split": "train", "task": "relatedness", "min_score": 0.8,
+                          "columns": ["sentence1", "sentence2"]}}
+
+
+def run_st_gist(seed: int) -> dict:
+    """configs/gist.py in sentence-transformers: GISTEmbedLoss with all-MiniLM-L6-v2 as the guide on both datasets,
+    NO_DUPLICATES batches, proportional multi-dataset sampling."""
+    import torch
+    from datasets import Dataset, DatasetDict
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+    from sentence_transformers.training_args import BatchSamplers
+
+    from jaxsbert.data import load_dataset
+    from jaxsbert.models.bundled import resolve_model
+
+    torch.manual_seed(seed)
+    t = time.time()
+    path = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    model, guide = SentenceTransformer(path, device="cpu"), SentenceTransformer(path, device="cpu")
+    train = DatasetDict({name: Dataset.from_dict(load_dataset(spec).to_dict()) for name, spec in GIST_DATASETS.items()})
+    loss = losses.GISTEmbedLoss(model, guide, temperature=0.01)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=tempfile.mkdtemp(), num_train_epochs=1, per_device_train_batch_size=32, learning_rate=2e-5,
+        warmup_ratio=0.1, weight_decay=0.01, seed=seed, save_strategy="no", logging_steps=50, report_to="none",
+        use_cpu=True, dataloader_drop_last=False, batch_sampler=BatchSamplers.NO_DUPLICATES)
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss={n: loss for n in train}).train()
+    seconds = time.time() - t
+    test = load_dataset({"source": "stsb", "split": "test"})
+    evaluator = EmbeddingSimilarityEvaluator(test["sentence1"], test["sentence2"], test["score"], name="test")
+    return {"framework": "sentence-transformers", "recipe": "gist", "train_seconds": round(seconds, 1),
+            "test_spearman_cosine": float(evaluator(model)["test_spearman_cosine"])}
 # configs/distill_mse.py: the teacher labels every distinct STSb + SICK training sentence; the student keeps these layers
 DISTILL_SOURCES = ({"source": "stsb", "split": "train"}, {"source": "sick", "split": "train"})
 DISTILL_LAYERS = [0, 2, 4]
@@ -130,6 +166,8 @@ def run_sentence_transformers(recipe: str, seed: int = 42) -> dict:
         return run_st_retrieval(seed)
     if recipe == "distill_mse":
         return run_st_distill(seed)
+    if recipe == "gist":
+        return run_st_gist(seed)
     torch.manual_seed(seed)
     t = time.time()     # as jaxsbert's clock: from loading the model to the end of training, imports excluded
     model = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
