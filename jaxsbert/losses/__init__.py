@@ -18,6 +18,7 @@ from typing import Any
 from jaxsbert.losses.adaptive_layer import AdaptiveLayerLoss, Matryoshka2dLoss
 from jaxsbert.losses.base import EmbedFn, Loss, cos_sim, dot_score, normalize, pairwise_angle_sim, pairwise_cos_sim
 from jaxsbert.losses.contrastive_tension import ContrastiveTensionLoss, ContrastiveTensionLossInBatchNegatives
+from jaxsbert.losses.denoising_auto_encoder import DenoisingAutoEncoderLoss
 from jaxsbert.losses.distill import DistillKLDivLoss, EmbedDistillLoss, MarginMSELoss, MSELoss
 from jaxsbert.losses.gradcache import grad_cache_value_and_grad
 from jaxsbert.losses.gist import CachedGISTEmbedLoss, GISTEmbedLoss
@@ -40,6 +41,7 @@ LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (
     OnlineContrastiveLoss, CosineSimilarityLoss, CoSENTLoss, AnglELoss, MatryoshkaLoss, MegaBatchMarginLoss,
     BatchHardTripletLoss, BatchSemiHardTripletLoss, BatchAllTripletLoss, BatchHardSoftMarginTripletLoss,
     ContrastiveTensionLoss, ContrastiveTensionLossInBatchNegatives,
+    DenoisingAutoEncoderLoss,
     GISTEmbedLoss, CachedGISTEmbedLoss, GlobalOrthogonalRegularizationLoss, AdaptiveLayerLoss, Matryoshka2dLoss)}
 
 

@@ -463,6 +463,8 @@ def _compact_vocab(config: dict, run: Run, state: dict, mesh, sharding) -> Compa
         blocked = "a loss runs a guide model on the batches' token ids (GISTEmbedLoss)"
     if any(loss.head_from_model for loss in run.losses.values()):
         blocked = "a loss trains a copy of the model as its head (ContrastiveTension's model1)"
+    if any(getattr(loss, "predicts_tokens", False) for loss in run.losses.values()):
+        blocked = "a loss predicts tokens over the whole vocabulary (DenoisingAutoEncoderLoss's decoder)"
     if blocked:
         log.info("training the whole word-embedding table (compact_vocab does not apply: %s)", blocked)
         return None
@@ -606,8 +608,8 @@ def _save_model(run: Run, state, directory: str, eval_results: dict, overwrite: 
     encoder.save_pretrained(directory, overwrite=overwrite, base_model=model_card.base_model_id(run.config["model"]),
                             training=training)
     for name, head in jax.device_get(state["heads"]).items():   # loss heads live beside the model, not in it
-        if run.losses[name].head_from_model:     # a copy of the model (ContrastiveTension): in the checkpoints
-            continue
+        if run.losses[name].head_from_model or getattr(run.losses[name], "predicts_tokens", False):
+            continue      # a copy of the model (ContrastiveTension), TSDAE's decoder: in the checkpoints
         export.save_loss_head(head, os.path.join(os.path.dirname(os.path.abspath(directory)),
                                                  f"{os.path.basename(directory)}-loss-head-{name}"),
                               loss=run.losses[name].name, **run.losses[name].config_dict())
