@@ -7,6 +7,7 @@ on the same model, data and hyper-parameters; prints test scores and wall times.
     python -m benchmarks.recipes --recipes stsb_retrieval --seeds 42 1 2  # mine + MNRL, test MRR@10
     python -m benchmarks.recipes --recipes distill_mse --seeds 42 1 2     # teacher labels + MSELoss student
     python -m benchmarks.recipes --recipes gist --seeds 42 1 2            # GISTEmbedLoss with a guide
+    python -m benchmarks.recipes --recipes tsdae --seeds 42 1 2           # DenoisingAutoEncoderLoss (unsupervised)
 
 Each run is a fresh process. ``train s`` is, in both frameworks, the time from loading the model to
 the end of training: imports and the final test evaluation are not in it; jaxsbert's includes
@@ -32,6 +33,7 @@ RECIPES = {
     "stsb_retrieval": {"loss": "MultipleNegativesRankingLoss", "data": "stsb_retrieval"},
     "distill_mse": {"loss": "MSELoss", "data": "distill"},
     "gist": {"loss": "GISTEmbedLoss", "data": "gist"},
+    "tsdae": {"loss": "DenoisingAutoEncoderLoss", "data": "tsdae"},
 }
 # configs/gist.py's datasets: the high-similarity pairs of STSb and SICK
 GIST_DATASETS = {"stsb": {"source": "stsb", "split": "train", "min_score": 0.8, "columns": ["sentence1", "sentence2"]},
@@ -152,6 +154,36 @@ def run_st_retrieval(seed: int) -> dict:
             "mined_rows": len(train)}
 
 
+def run_st_tsdae(seed: int) -> dict:
+    """configs/tsdae.py in sentence-transformers (its training_tsdae example): DenoisingAutoEncoderLoss with a
+    decoder tied to the model, on the same (damaged, original) rows (the config's noise, drawn once)."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+
+    from jaxsbert.config import load_config_file
+    from jaxsbert.data import load_dataset
+    from jaxsbert.models.bundled import resolve_model
+
+    torch.manual_seed(seed)
+    t = time.time()
+    path = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    model = SentenceTransformer(path, device="cpu")
+    train = Dataset.from_dict(load_dataset(load_config_file("tsdae")["data"]["train"]["sentences"]).to_dict())
+    loss = losses.DenoisingAutoEncoderLoss(model, decoder_name_or_path=path, tie_encoder_decoder=True)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=tempfile.mkdtemp(), num_train_epochs=1, per_device_train_batch_size=32, learning_rate=3e-5,
+        lr_scheduler_type="constant", weight_decay=0.0, seed=seed, save_strategy="no", logging_steps=50,
+        report_to="none", use_cpu=True, dataloader_drop_last=False)
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss).train()
+    seconds = time.time() - t
+    test = load_dataset({"source": "stsb", "split": "test"})
+    evaluator = EmbeddingSimilarityEvaluator(test["sentence1"], test["sentence2"], test["score"], name="test")
+    return {"framework": "sentence-transformers", "recipe": "tsdae", "train_seconds": round(seconds, 1),
+            "test_spearman_cosine": float(evaluator(model)["test_spearman_cosine"])}
+
+
 def run_sentence_transformers(recipe: str, seed: int = 42) -> dict:
     import numpy as np
     import torch
@@ -168,6 +200,8 @@ def run_sentence_transformers(recipe: str, seed: int = 42) -> dict:
         return run_st_distill(seed)
     if recipe == "gist":
         return run_st_gist(seed)
+    if recipe == "tsdae":
+        return run_st_tsdae(seed)
     torch.manual_seed(seed)
     t = time.time()     # as jaxsbert's clock: from loading the model to the end of training, imports excluded
     model = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")

@@ -6,9 +6,7 @@ before compilation); jaxsbert.distill's teacher labels; a short MSELoss training
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import warnings
 from typing import Any, Callable
 
 import datasets
@@ -24,7 +22,7 @@ st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.loss
 from sentence_transformers import util as st_util  # noqa: E402
 
 from helpers import save_tiny_model, write_jsonl  # noqa: E402
-from test_losses import ATOL, RTOL, StandInModel  # noqa: E402
+from test_losses import ATOL, RTOL, StandInModel, _head, assert_matches_st, ours  # noqa: E402
 
 M = st_losses
 
@@ -100,53 +98,6 @@ def test_every_distill_loss_has_a_case_and_is_registered():
 # ---------------------------------------------------------------------------------------------------
 # Value and gradients against sentence-transformers
 # ---------------------------------------------------------------------------------------------------
-
-def st_value_and_grads(case: Case, embeddings, labels, head_state=None):
-    """(value, [grad per column], projection grads or None) from the sentence-transformers loss."""
-    leaves = [torch.tensor(e, requires_grad=True) for e in embeddings]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loss = case.st(StandInModel(leaves, case.dim))
-        if head_state is not None:
-            loss.projection.load_state_dict({k.split(".", 1)[1]: torch.tensor(v) for k, v in head_state.items()})
-        value = loss([{"column": c} for c in range(case.columns)], torch.tensor(labels))
-    value.backward()
-    head_grads = None
-    if head_state is not None:
-        head_grads = {"projection.weight": loss.projection.weight.grad.numpy(),
-                      "projection.bias": loss.projection.bias.grad.numpy()}
-    return float(value.detach()), [t.grad.numpy() for t in leaves], head_grads
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted(loss: L.Loss):
-    return jax.jit(jax.value_and_grad(lambda head, e, labels, mask: loss(head, e, labels, mask), argnums=(0, 1)))
-
-
-def ours(case: Case, head, embeddings, labels, mask=None):
-    value, (head_grads, grads) = _jitted(case.loss)(head, tuple(jnp.asarray(e) for e in embeddings),
-                                                    jnp.asarray(labels), mask)
-    return float(value), [np.asarray(g) for g in grads], head_grads
-
-
-def _head(case: Case):
-    return case.loss.init_head(jax.random.PRNGKey(1), case.dim)
-
-
-def assert_matches_st(case: Case, embeddings_ours, embeddings_st, labels):
-    head = _head(case)
-    head_state = case.loss.head_state_dict(head) or None
-    value, grads, head_grads = ours(case, head, embeddings_ours, labels)
-    ref_value, ref_grads, ref_head_grads = st_value_and_grads(case, embeddings_st, labels, head_state)
-    np.testing.assert_allclose(value, ref_value, rtol=RTOL, atol=ATOL, err_msg=f"{case.id}: loss value")
-    for c, (g, r) in enumerate(zip(grads, ref_grads)):
-        np.testing.assert_allclose(g, r, rtol=RTOL, atol=ATOL, err_msg=f"{case.id}: gradient of column {c}")
-    if head_state is not None:
-        ours_state = case.loss.head_state_dict(head_grads)
-        for k in ref_head_grads:
-            np.testing.assert_allclose(ours_state[k], ref_head_grads[k], rtol=RTOL, atol=ATOL, err_msg=f"{case.id}: {k}")
-    return value, grads
-
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_matches_sentence_transformers(case):

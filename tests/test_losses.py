@@ -180,6 +180,7 @@ TESTED_ELSEWHERE = {"MSELoss", "EmbedDistillLoss", "MarginMSELoss", "DistillKLDi
 TESTED_ELSEWHERE |= {"GlobalOrthogonalRegularizationLoss", "AdaptiveLayerLoss", "Matryoshka2dLoss"}  # test_layer_losses.py
 TESTED_ELSEWHERE |= {"ContrastiveTensionLoss", "ContrastiveTensionLossInBatchNegatives"}  # test_contrastive_tension.py
 TESTED_ELSEWHERE |= {"GISTEmbedLoss", "CachedGISTEmbedLoss"}  # tests/test_gist.py
+TESTED_ELSEWHERE |= {"DenoisingAutoEncoderLoss"}  # tests/test_tsdae.py
 
 
 def test_every_loss_has_a_case():
@@ -191,15 +192,18 @@ def test_every_loss_has_a_case():
 # Reference: sentence-transformers
 # ---------------------------------------------------------------------------------------------------
 
-def st_value_and_grads(case: Case, embeddings, labels, head_state=None):
-    """(value, [grad per column], classifier grads or None) from the sentence-transformers loss."""
+def st_value_and_grads(case, embeddings, labels, head_state=None):
+    """(value, [grad per column], head grads or None) from the sentence-transformers loss; ``head_state`` is the
+    state dict of the loss's trainable module (SoftmaxLoss's ``classifier.*``, EmbedDistillLoss' ``projection.*``)."""
     leaves = [torch.tensor(e, requires_grad=True) for e in embeddings]
     model = StandInModel(leaves, case.dim)
+    head_module = next(iter(head_state)).split(".", 1)[0] if head_state else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loss = case.st(model)
         if head_state is not None:
-            loss.classifier.load_state_dict({k.split(".", 1)[1]: torch.tensor(v) for k, v in head_state.items()})
+            getattr(loss, head_module).load_state_dict({k.split(".", 1)[1]: torch.tensor(v)
+                                                        for k, v in head_state.items()})
         torch_labels = None if labels is None else torch.tensor(labels)
         if torch_labels is None and not isinstance(loss, M.AnglELoss):
             torch_labels = torch.zeros(case.batch)      # the labels a label-free dataset gets in the trainer
@@ -207,8 +211,7 @@ def st_value_and_grads(case: Case, embeddings, labels, head_state=None):
     value.backward()
     head_grads = None
     if head_state is not None:
-        head_grads = {"classifier.weight": loss.classifier.weight.grad.numpy(),
-                      "classifier.bias": loss.classifier.bias.grad.numpy()}
+        head_grads = {f"{head_module}.{k}": v.grad.numpy() for k, v in getattr(loss, head_module).named_parameters()}
     return float(value.detach()), [t.grad.numpy() if t.grad is not None else np.zeros_like(e)
                           for t, e in zip(leaves, embeddings)], head_grads
 
@@ -224,17 +227,19 @@ def _jitted(loss: L.Loss):
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
 
 
-def ours(case: Case, head, embeddings, labels, mask=None):
+def ours(case, head, embeddings, labels, mask=None):
     (value, (head_grads, grads)) = _jitted(case.loss)(head, tuple(jnp.asarray(e) for e in embeddings),
                                                       None if labels is None else jnp.asarray(labels), mask)
     return float(value), [np.asarray(g) for g in grads], head_grads
 
 
-def _head(case: Case):
+def _head(case):
     return case.loss.init_head(jax.random.PRNGKey(1), case.dim)
 
 
-def assert_matches_st(case: Case, embeddings_ours, embeddings_st, labels):
+def assert_matches_st(case, embeddings_ours, embeddings_st, labels):
+    """Our value and gradients (embeddings, head) against sentence-transformers' (any case with id, loss, st,
+    columns, batch and dim: the distillation tests' cases too)."""
     head = _head(case)
     head_state = case.loss.head_state_dict(head) or None
     value, grads, head_grads = ours(case, head, embeddings_ours, labels)

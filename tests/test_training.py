@@ -29,7 +29,7 @@ def test_overrides_parse_python_literals():
 
 def test_shipped_configs_load():
     for name in ("quickstart", "stsb_cosent", "stsb_cosine", "sick_softmax", "nli_mnrl", "nli_triplet", "multi_dataset",
-                 "stsb_retrieval", "distill_mse", "gist"):
+                 "stsb_retrieval", "distill_mse", "gist", "tsdae"):
         cfg = build_config(name)
         assert cfg["data"]["train"], name
     with pytest.raises(ConfigError, match="not found"):

@@ -265,7 +265,7 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path, minilm_path, sha
     plans, plan = [], loop._compact_vocab
     monkeypatch.setattr(loop, "_compact_vocab", lambda *args: plans.append(plan(*args)) or plans[-1])
 
-    model = save_tiny_model(str(tmp_path / "model"), minilm_path)          # dropout 0.1 in model and decoder
+    model = save_tiny_model(str(tmp_path / "model"), minilm_path)          # dropout 0.1 in the model (the decoder: none, as ST)
     pairs = add_noise(_sentences(shared_data, 24), seed=0)
     data = write_jsonl(str(tmp_path / "tsdae.jsonl"), [{"noisy": n, "text": t} for n, t in zip(pairs["noisy"],
                                                                                              pairs["text"])])
@@ -285,3 +285,16 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path, minilm_path, sha
     assert plans == [None, None, None]               # the decoder's logits span the whole word-embedding table
     for a, b in zip(jax.tree_util.tree_leaves(full["state"]), jax.tree_util.tree_leaves(resumed["state"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_noise_spec_key_makes_the_damaged_original_pairs(shared_data):
+    """A dataset spec's ``noise`` gives add_noise's (damaged, original) columns, as configs/tsdae.py reads them."""
+    from jaxsbert.data import add_noise, load_dataset
+
+    spec = {"source": "stsb", "split": "train", "columns": ["sentence1"], "limit": 50, "data_root": str(shared_data)}
+    noisy = load_dataset({**spec, "noise": {"del_ratio": 0.6, "seed": 3}})
+    assert noisy.column_names == ["noisy", "sentence1"]
+    assert noisy.to_dict() == add_noise(load_dataset(spec), del_ratio=0.6, seed=3).to_dict()
+    assert noisy["noisy"] != noisy["sentence1"]
+    with pytest.raises(ValueError, match="'noise' takes del_ratio and seed; got \\['ratio'\\]"):
+        load_dataset({**spec, "noise": {"ratio": 0.5}})

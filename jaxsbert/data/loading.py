@@ -33,7 +33,7 @@ _FILE_BUILDERS: dict[str, tuple[str, dict]] = {
 }
 
 _SPEC_KEYS = ("source", "split", "data_root", "score_divisor", "task", "subset", "min_score", "columns", "rename",
-              "limit")
+              "limit", "noise")
 
 # SICK entailment labels, in the order of sentence-transformers' NLI examples.
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -428,6 +428,9 @@ def load_dataset(spec: str | Mapping[str, Any] | datasets.Dataset, *, split: str
       e.g. the highly similar STSb pairs for in-batch-negatives training or retrieval evaluation).
     - ``rename``: ``{old: new}`` column renames; ``columns``: the columns to keep, in this order (after renaming).
     - ``limit``: keep only the first ``limit`` rows.
+    - ``noise``: ``True`` or ``{"del_ratio": 0.6, "seed": 0}``: the one text column becomes TSDAE's (damaged,
+      original) pair, words deleted as sentence-transformers' ``DenoisingAutoEncoderDataset``
+      (:func:`jaxsbert.data.noise.add_noise`; the damage is fixed by the seed).
 
     The keyword arguments ``split`` and ``data_root`` fill in what the spec does not set.
     """
@@ -463,4 +466,12 @@ def _postprocess(ds: datasets.Dataset, options: Mapping[str, Any]) -> datasets.D
         ds = select_columns(ds, options["columns"])
     if options.get("limit") is not None:
         ds = ds.select(range(min(int(options["limit"]), len(ds))))
+    if options.get("noise"):      # TSDAE: (damaged, original) from the one text column
+        from jaxsbert.data.noise import add_noise
+
+        noise = options["noise"] if isinstance(options["noise"], Mapping) else {}
+        unknown = sorted(set(noise) - {"del_ratio", "seed"})
+        if unknown:
+            raise ValueError(f"{source}: 'noise' takes del_ratio and seed; got {unknown}")
+        ds = add_noise(ds, **noise)
     return _tag(ds, source)

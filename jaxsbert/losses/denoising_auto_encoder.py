@@ -212,7 +212,9 @@ class DenoisingAutoEncoderLoss(Loss):
     def value_and_grad(self, embed_fn, params, head_params, features, labels=None, mask=None, rng=None, frozen=None):
         """Loss and gradients wrt the model's parameters and the head for one batch of (damaged, original)
         columns: the model embeds the damaged sentences (``embed_fn``, with dropout when it has and ``rng`` is
-        given), the decoder reconstructs the originals (dropout when the model's is on)."""
+        given), the decoder reconstructs the originals without dropout, as in sentence-transformers: its
+        decoder comes from ``from_pretrained`` in eval mode, and its trainer puts only the model in train mode
+        (the decoder is the loss's module, not the model's), so the decoder's dropout never runs there."""
         if is_packed(features):
             raise ValueError(f"{self.name} trains on unpacked batches only: set data.packing false for its dataset")
         features = tuple(features)
@@ -225,13 +227,12 @@ class DenoisingAutoEncoderLoss(Loss):
         source, target = features
         batch = jnp.shape(source["input_ids"])[0]
         mask = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask).astype(bool)
-        decoder_rng = rng if rng is not None and getattr(embed_fn, "dropout", True) else None
 
         def total(p, h):
             embeddings = jnp.asarray(embed_fn(p, source, rng), jnp.float32)
             embeddings = jnp.where(mask[:, None], embeddings, 0.0)
             return self.reconstruction_loss(self.decoder_params(p, h), embeddings, source["attention_mask"], target,
-                                            mask, decoder_rng)
+                                            mask)
 
         return jax.value_and_grad(total, argnums=(0, 1))(params, head_params)
 

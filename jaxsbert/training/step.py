@@ -27,7 +27,6 @@ def make_embed_fn(module, dropout: bool) -> Callable:
             return module.apply({"params": params}, features, deterministic=False, rngs={"dropout": rng}, **kwargs)
         return module.apply({"params": params}, features, deterministic=True, **kwargs)
     embed.max_segments = getattr(module, "max_segments", None)
-    embed.dropout = bool(dropout)          # whether train-mode dropout is on (a loss's own modules follow it)
     takes_all_layers = "all_layers" in inspect.signature(type(module).__call__).parameters
     embed.all_layers = functools.partial(embed, all_layers=True) if takes_all_layers else None
     return embed
