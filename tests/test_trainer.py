@@ -128,7 +128,7 @@ def test_eval_loss_matches_sentence_transformers(tmp_path, tiny_model):
     agree for every loss that does not depend on the order of its rows."""
     st = pytest.importorskip("sentence_transformers")
     pytest.importorskip("accelerate")
-    from sentence_transformers import losses as st_losses
+    from sentence_transformers.sentence_transformer import losses as st_losses
     from jaxsbert import SentenceEncoder, Trainer
     from jaxsbert.losses import CoSENTLoss, MultipleNegativesRankingLoss
 

@@ -325,7 +325,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
 
     stop_after = int(config["stop_after_steps"])
     stop_on_nonfinite = config["nonfinite"] == "stop"
-    log_step = _logger(run, writer, workdir, checkpointer, hooks, _progress(run.total_steps, start_step))
+    log_step = _logger(run, writer, checkpointer, hooks, _progress(run.total_steps, start_step))
     iterator = run.loader.iterate(position, limit=max(run.total_steps - start_step, 0))
     control = hooks.control
     try:
@@ -396,7 +396,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     return summary
 
 
-def _logger(run: Run, writer: MetricsWriter, workdir: str, checkpointer: Checkpointer, hooks: CallbackList, progress):
+def _logger(run: Run, writer: MetricsWriter, checkpointer: Checkpointer, hooks: CallbackList, progress):
     """log_step(step, state, metrics, item, flush): keeps each step's metrics (on device) until ``flush``, then
     writes one record of the steps since the last (mean loss; the last step's lr and gradient norm; ``lr_steps``,
     each step's learning rate; pairs/s) and returns whether any of them was not finite (``nonfinite_message``
