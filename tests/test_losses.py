@@ -439,3 +439,12 @@ def test_generic_value_and_grad_matches_direct():
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     np.testing.assert_allclose(gw, rw, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(gh["classifier"]["kernel"], rh["classifier"]["kernel"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("wrapper", ["MatryoshkaLoss", "AdaptiveLayerLoss", "Matryoshka2dLoss"])
+def test_wrapping_losses_check_labels_as_their_inner_loss(wrapper):
+    """The per-batch label checks (data read as it goes) of a loss around another are the inner loss's."""
+    kwargs = {"matryoshka_dims": [16, 8]} if wrapper != "AdaptiveLayerLoss" else {}
+    loss = L.get_loss(wrapper, loss="ContrastiveLoss", **kwargs)
+    with pytest.raises(ValueError, match=r"ContrastiveLoss expects labels in \[0, 1\]"):
+        loss.check_label_values(np.array([0.5, 2.0]), "x")

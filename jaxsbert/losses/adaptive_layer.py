@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsbert.data.packing import is_packed
-from jaxsbert.losses.base import EmbedFn, Loss, group_columns, normalize, with_sentence_ids
+from jaxsbert.losses.base import EmbedFn, Loss, WrapsLoss, group_columns, normalize, with_sentence_ids
 from jaxsbert.losses.matryoshka import MatryoshkaLoss
 
 LAYER_WEIGHTINGS = ("uniform", "log", "linear")
@@ -73,7 +73,7 @@ def _kl_batchmean(layer: tuple, final: tuple, mask: jax.Array, temperature: floa
     return total / (len(layer) * jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32))
 
 
-class _LayerLoss(Loss):
+class _LayerLoss(WrapsLoss, Loss):
     """What AdaptiveLayerLoss and Matryoshka2dLoss share (fields are the subclasses')."""
 
     def _check(self) -> None:
@@ -95,22 +95,7 @@ class _LayerLoss(Loss):
             raise ValueError(f"{self.name}: layer_weighting must be one of {list(LAYER_WEIGHTINGS)} (a callable is "
                              f"not supported), got {self.layer_weighting!r}")
 
-    # Columns, labels and the head are the inner loss's.
-    def expects(self) -> str:
-        return f"{self.name} around {self.loss.expects()}"
-
-    def check_inputs(self, num_columns: int, labels: np.ndarray | None, source: str = "") -> None:
-        try:
-            self.loss.check_inputs(num_columns, labels, source)
-        except ValueError as e:
-            raise ValueError(f"{self.name} around {self.loss.name}: {e}") from None
-
-    def check_label_values(self, labels: np.ndarray, source: str) -> None:
-        self.loss.check_label_values(labels, source)
-
-    def check_label_shape(self, *args, **kwargs) -> None:
-        self.loss.check_label_shape(*args, **kwargs)
-
+    # The head is the inner loss's (columns and labels: WrapsLoss).
     def init_head(self, rng: jax.Array, embedding_dim: int) -> Any:
         return self.loss.init_head(rng, embedding_dim)
 

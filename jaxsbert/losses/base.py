@@ -450,3 +450,23 @@ class Loss:
             v = getattr(self, f.name)
             out[f.name] = v.config_dict() | {"name": v.name} if isinstance(v, Loss) else v
         return out
+
+
+class WrapsLoss:
+    """What a loss around an inner loss ``self.loss`` (MatryoshkaLoss, AdaptiveLayerLoss, Matryoshka2dLoss) takes
+    from it: its columns and labels, and their checks (also the per-batch label checks of data read as it goes)."""
+
+    def expects(self) -> str:
+        return f"{self.name} around {self.loss.expects()}"
+
+    def check_inputs(self, num_columns: int, labels: np.ndarray | None, source: str = "") -> None:
+        try:
+            self.loss.check_inputs(num_columns, labels, source)
+        except ValueError as e:
+            raise ValueError(f"{self.name} around {self.loss.name}: {e}") from None
+
+    def check_label_values(self, labels: np.ndarray, source: str) -> None:
+        self.loss.check_label_values(labels, source)
+
+    def check_label_shape(self, *args, **kwargs) -> None:
+        self.loss.check_label_shape(*args, **kwargs)

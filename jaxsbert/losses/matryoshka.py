@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsbert.losses.base import Loss, normalize
+from jaxsbert.losses.base import Loss, WrapsLoss, normalize
 
 
 @dataclasses.dataclass(frozen=True)
-class MatryoshkaLoss(Loss):
+class MatryoshkaLoss(WrapsLoss, Loss):
     """A weighted sum of an inner loss over truncated, re-normalised embeddings::
 
         loss = sum_k w_k * inner(normalize(e[:, :d_k]) for each column)
@@ -52,16 +52,6 @@ class MatryoshkaLoss(Loss):
         object.__setattr__(self, "matryoshka_dims", tuple(dims[i] for i in order))
         object.__setattr__(self, "matryoshka_weights", tuple(weights[i] for i in order))
         object.__setattr__(self, "n_dims_per_step", -1)
-
-    # Columns and labels are the inner loss's.
-    def expects(self) -> str:
-        return f"{self.name} around {self.loss.expects()}"
-
-    def check_inputs(self, num_columns: int, labels: np.ndarray | None, source: str = "") -> None:
-        try:
-            self.loss.check_inputs(num_columns, labels, source)
-        except ValueError as e:
-            raise ValueError(f"{self.name} around {self.loss.name}: {e}") from None
 
     def grad_cache_mini_batch_size(self) -> Optional[int]:
         return self.loss.grad_cache_mini_batch_size()
