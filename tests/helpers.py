@@ -33,3 +33,14 @@ def write_jsonl(path: str, rows: list[dict]) -> str:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     return path
+
+
+def latest_checkpoint(workdir: str) -> dict:
+    """The raw tree (params, heads, optimizer state, ...) of a training workdir's latest checkpoint."""
+    from jaxsbert.training.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    try:
+        return ckpt.restore_raw()
+    finally:
+        ckpt.close()

@@ -28,7 +28,7 @@ from jaxsbert.losses.contrastive_tension import contrastive_tension_pairs, ident
 from jaxsbert.models.sentence_model import SentenceModel
 from jaxsbert.training.step import make_embed_fn
 
-from helpers import save_tiny_model, tiny_config, write_jsonl
+from helpers import latest_checkpoint, save_tiny_model, tiny_config, write_jsonl
 
 torch = pytest.importorskip("torch")
 st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
@@ -304,15 +304,6 @@ def _train_config(model_dir, pairs, sentences, **over):
     return build_config(base=base)
 
 
-def _checkpoint(workdir):
-    from jaxsbert.training.checkpoint import Checkpointer
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    try:
-        return ckpt.restore_raw()
-    finally:
-        ckpt.close()
-
-
 def _differ(a, b):
     return any(not np.array_equal(np.asarray(x), np.asarray(y))
                for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
@@ -354,7 +345,7 @@ def test_training_trains_both_copies(models, tmp_path):
     assert part["stopped"] and part["steps"] == 3
     resumed = train(config, str(tmp_path / "part"), resume=True)
     assert resumed["steps"] == 6
-    a, b = _checkpoint(str(tmp_path / "full")), _checkpoint(str(tmp_path / "part"))
+    a, b = latest_checkpoint(str(tmp_path / "full")), latest_checkpoint(str(tmp_path / "part"))
     assert "model1" in a["heads"]["ct"] and "logit_scale" in a["heads"]["ctib"]
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert len(la) == len(lb)

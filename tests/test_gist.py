@@ -29,7 +29,7 @@ from jaxsbert.losses import CachedGISTEmbedLoss, GISTEmbedLoss, get_loss
 from jaxsbert.models.sentence_model import SentenceModel
 from jaxsbert.training.step import make_embed_fn
 
-from helpers import save_tiny_model, tiny_config, write_jsonl
+from helpers import latest_checkpoint, save_tiny_model, tiny_config, write_jsonl
 
 torch = pytest.importorskip("torch")
 st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
@@ -397,15 +397,6 @@ def _train_config(student_dir, guide_dir, data, **over):
     return build_config(base=base)
 
 
-def _checkpoint(workdir):
-    from jaxsbert.training.checkpoint import Checkpointer
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    try:
-        return ckpt.restore_raw()
-    finally:
-        ckpt.close()
-
-
 def test_training_with_a_guide(models, tmp_path):
     from jaxsbert.training.loop import train
     from jaxsbert.training.metrics import read_metrics
@@ -428,7 +419,7 @@ def test_training_with_a_guide(models, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     size = lambda tree: sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(tree))
     assert size(state["opt_state"]) < 2 * size(state["params"]) + 1000          # AdamW: two moments of the model
-    saved = _checkpoint(str(tmp_path / "full"))
+    saved = latest_checkpoint(str(tmp_path / "full"))
     assert "frozen" not in saved and set(saved) >= {"params", "opt_state", "step"}
     trained = SentenceEncoder.from_pretrained(student_dir).params
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
@@ -439,7 +430,7 @@ def test_training_with_a_guide(models, tmp_path):
     assert part["stopped"] and part["steps"] == 3
     resumed = train(config, str(tmp_path / "part"), resume=True)
     assert resumed["steps"] == 6
-    a, b = _checkpoint(str(tmp_path / "full")), _checkpoint(str(tmp_path / "part"))
+    a, b = latest_checkpoint(str(tmp_path / "full")), latest_checkpoint(str(tmp_path / "part"))
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     with open(os.path.join(tmp_path, "full", "config.json")) as f:

@@ -9,7 +9,7 @@ import pytest
 
 from jaxsbert.config import DEFAULTS, ConfigError, apply_overrides, build_config, merge
 from jaxsbert.training.optimizer import decay_mask, make_optimizer, make_schedule, update_check_never_fires
-from helpers import save_tiny_model
+from helpers import latest_checkpoint, save_tiny_model
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -195,14 +195,6 @@ def _config(model, **over):
     return build_config(base=base)
 
 
-def _params(workdir):
-    from jaxsbert.training.checkpoint import Checkpointer
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    raw = ckpt.restore_raw()
-    ckpt.close()
-    return raw
-
-
 def test_resume_continues_exactly(tiny_model, tmp_path):
     from jaxsbert.training.loop import train
 
@@ -212,7 +204,7 @@ def test_resume_continues_exactly(tiny_model, tmp_path):
     assert part["stopped"] and part["steps"] == 5
     resumed = train(_config(tiny_model), str(tmp_path / "part"), resume=True)
     assert resumed["steps"] == 12
-    a, b = _params(str(tmp_path / "full")), _params(str(tmp_path / "part"))
+    a, b = latest_checkpoint(str(tmp_path / "full")), latest_checkpoint(str(tmp_path / "part"))
     flat_a, flat_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert len(flat_a) == len(flat_b)
     for x, y in zip(flat_a, flat_b):
@@ -265,10 +257,10 @@ def test_compact_vocab_trains_what_the_whole_table_trains(tiny_model, tmp_path, 
     assert sizes[0] is not None and sizes[0] % 128 == 0 and sizes[0] < 30522 and sizes[1:] == [None]
     if optim["max_grad_norm"] is None:
         _leaves_equal(compact["state"], whole["state"])
-        _leaves_equal(_params(str(tmp_path / "compact")), _params(str(tmp_path / "whole")))
+        _leaves_equal(latest_checkpoint(str(tmp_path / "compact")), latest_checkpoint(str(tmp_path / "whole")))
     else:
         _leaves_equal(compact["state"]["params"], whole["state"]["params"], atol=1e-6)
-        _leaves_equal(_params(str(tmp_path / "compact"))["params"], _params(str(tmp_path / "whole"))["params"], atol=1e-6)
+        _leaves_equal(latest_checkpoint(str(tmp_path / "compact"))["params"], latest_checkpoint(str(tmp_path / "whole"))["params"], atol=1e-6)
     start = SentenceEncoder.from_pretrained(tiny_model).params["transformer"]["embeddings"]["word_embeddings"]
     saved = SentenceEncoder.from_pretrained(compact["model"]).params["transformer"]["embeddings"]["word_embeddings"]
     changed = np.flatnonzero(np.any(np.asarray(saved["embedding"]) != np.asarray(start["embedding"]), axis=1))
@@ -288,7 +280,7 @@ def test_resume_moves_between_compact_and_whole_tables(tiny_model, tmp_path, mon
         train(_config(tiny_model, stop_after_steps=5, compact_vocab=first, **kw), workdir)
         resumed = train(_config(tiny_model, compact_vocab=then, **kw), workdir, resume=True)
         assert resumed["steps"] == 12
-        _leaves_equal(_params(workdir), _params(str(tmp_path / "full")))
+        _leaves_equal(latest_checkpoint(workdir), latest_checkpoint(str(tmp_path / "full")))
     assert [s is not None for s in sizes] == [False, True, False, False, True]
 
 
@@ -360,7 +352,7 @@ def test_trainer_keeps_the_update_check_only_where_an_update_can_trip_it(tiny_mo
     assert built == [False, True] and huge["steps"] == 3
     records = [json.loads(l) for l in open(tmp_path / "huge" / "metrics.jsonl")]
     assert [r["nonfinite"] for r in records if r["kind"] == "train"][-1] == 3
-    start, end = SentenceEncoder.from_pretrained(tiny_model).params, _params(str(tmp_path / "huge"))["params"]
+    start, end = SentenceEncoder.from_pretrained(tiny_model).params, latest_checkpoint(str(tmp_path / "huge"))["params"]
     for x, y in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(end)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
