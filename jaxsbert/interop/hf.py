@@ -1,7 +1,7 @@
 """Hugging Face checkpoints <-> Flax parameter trees, without torch.
 
 The Flax encoders name their parameters after Hugging Face's modules, so the map is mechanical:
-``a/layer_3/b/kernel`` <-> ``a.layer.3.b.weight`` (transposed), ``scale``/``embedding`` <-> ``weight``.
+``a/layer_3/b/kernel`` <-> ``a.layer.3.b.weight`` (``layers_3``: ``layers.3``) (transposed), ``scale``/``embedding`` <-> ``weight``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ _IGNORED_KEYS = re.compile(r"(^|\.)(position_ids|token_type_ids)$")   # register
 def flax_path_to_hf_key(path: tuple[str, ...]) -> str:
     *modules, leaf = path
     name = ".".join(modules)
-    name = re.sub(r"(^|\.)layer_(\d+)(?=\.|$)", r"\1layer.\2", name)
+    name = re.sub(r"(^|\.)(layers?)_(\d+)(?=\.|$)", r"\1\2.\3", name)   # Qwen3 numbers ``layers``
     return f"{name}.{'bias' if leaf == 'bias' else 'weight'}"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxsbert.models import bert, distilbert, mpnet, roberta
+from jaxsbert.models import bert, distilbert, modernbert, mpnet, qwen3, roberta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,8 @@ FAMILIES: dict[str, Family] = {
     "xlm-roberta": Family("xlm-roberta", roberta.XLMRobertaConfig, roberta.RobertaModel, "XLMRobertaModel"),
     "distilbert": Family("distilbert", distilbert.DistilBertConfig, distilbert.DistilBertModel, "DistilBertModel"),
     "mpnet": Family("mpnet", mpnet.MPNetConfig, mpnet.MPNetModel, "MPNetModel"),
+    "modernbert": Family("modernbert", modernbert.ModernBertConfig, modernbert.ModernBertModel, "ModernBertModel"),
+    "qwen3": Family("qwen3", qwen3.Qwen3Config, qwen3.Qwen3Model, "Qwen3Model"),
 }
 
 

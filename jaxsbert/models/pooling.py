@@ -82,7 +82,8 @@ def pool(token_embeddings: jnp.ndarray, attention_mask: jnp.ndarray, config: Poo
             weights = jnp.arange(1, x.shape[1] + 1, dtype=jnp.float32)[None, :, None] * mask
             outputs.append((x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1e-9))
         elif mode == "lasttoken":
-            last = jnp.maximum(n_tokens[:, 0].astype(jnp.int32) - 1, 0)
+            # the last position with a token (right or left padding, as sentence-transformers); 0 for none
+            last = jnp.max(jnp.where(attention_mask > 0, jnp.arange(x.shape[1]), 0), axis=1)
             outputs.append(jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0])
     return jnp.concatenate(outputs, axis=-1)
 
