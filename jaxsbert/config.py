@@ -60,7 +60,9 @@ DEFAULTS: dict[str, Any] = {
         "max_grad_norm": 1.0,        # None: no clipping
         "grad_accum_steps": 1,
     },
-    "compute_dtype": "float32",      # float32 | bfloat16 (parameters stay float32)
+    "compute_dtype": "float32",      # float32 | bfloat16: the matmuls' dtype (parameters, optimizer state, norms,
+                                     # softmax, pooling and losses stay float32)
+    "attention_impl": "auto",        # auto | fused | materialized (jaxsbert.models.attention)
     "remat": False,
     # train only the word-embedding rows of the training data's tokens (jaxsbert.training.compact_vocab):
     # the same result, a cheaper step; applies to Adam, and AdamW without weight decay
@@ -238,7 +240,8 @@ _ALSO_ACCEPTED: dict[str, tuple[type, ...]] = {"data.batch_sampler": (dict,), "d
                                                "data.pack_length": (int,), "compilation_cache": (bool,),
                                                "report_to": (str,), "eval_every": (str,), "checkpoint.every_steps": (str,)}
 _EPOCH_OR_STEPS = ("eval_every", "checkpoint.every_steps")
-_CHOICES: dict[str, tuple[str, ...]] = {"nonfinite": ("skip", "stop"), "compute_dtype": ("float32", "bfloat16")}
+_CHOICES: dict[str, tuple[str, ...]] = {"nonfinite": ("skip", "stop"), "compute_dtype": ("float32", "bfloat16"),
+                                         "attention_impl": ("auto", "fused", "materialized")}
 
 
 def _type_ok(value: Any, default: Any) -> bool:

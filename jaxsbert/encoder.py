@@ -16,10 +16,10 @@ import numpy as np
 
 from jaxsbert.data.buckets import bucket_for, length_buckets, pad_token_ids
 from jaxsbert.data.packing import DEFAULT_MAX_SEGMENTS, DEFAULT_ROW_LENGTH, fill_groups, pack_token_ids
-from jaxsbert.models import families
 from jaxsbert.models.heads import Dense, DenseConfig
 from jaxsbert.models.pooling import PoolingConfig, normalize
-from jaxsbert.models.sentence_model import NormalizeConfig, SentenceModel, SentenceModelConfig
+from jaxsbert.models.sentence_model import (NormalizeConfig, SentenceModel, SentenceModelConfig, compute_dtype,
+                                             transformer_module)
 
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
@@ -236,11 +236,12 @@ class SentenceEncoder:
                  pack_length: int = DEFAULT_ROW_LENGTH, max_segments: int = DEFAULT_MAX_SEGMENTS, *,
                  prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
                  similarity_fn_name: str | None = None, truncate_dim: int | None = None,
-                 pooling_include_prompt: bool = True):
+                 pooling_include_prompt: bool = True, attention_impl: str = "auto"):
         self.config = config
         self.params = params
         self.tokenizer = tokenizer
-        self.dtype = dtype
+        self.dtype = dtype = compute_dtype(dtype)
+        self.attention_impl = attention_impl
         self.source = source
         self.buckets = tuple(length_buckets_ or length_buckets(config.max_seq_length))
         self.packing = packing
@@ -254,9 +255,9 @@ class SentenceEncoder:
         self.similarity_fn_name = similarity_fn_name
         self.truncate_dim = truncate_dim
         self.pooling_include_prompt = pooling_include_prompt
-        self.module = SentenceModel(config, dtype=dtype, max_segments=max_segments)
+        self.module = SentenceModel(config, dtype=dtype, max_segments=max_segments, attention_impl=attention_impl)
         self._forward = jax.jit(lambda params, features: self.module.apply({"params": params}, features))
-        transformer = families.FAMILIES[config.family].module(config.transformer, dtype=dtype)
+        transformer = transformer_module(config, dtype, attention_impl=attention_impl)
         self._forward_tokens = jax.jit(lambda params, f: transformer.apply(
             {"params": params["transformer"]}, f["input_ids"], f["attention_mask"], f.get("token_type_ids"),
             f.get("position_ids")).astype(jnp.float32))
@@ -272,7 +273,7 @@ class SentenceEncoder:
                                else self.buckets, pack_length=self.pack_length, max_segments=self.max_segments,
                                prompts=self.prompts, default_prompt_name=self.default_prompt_name,
                                similarity_fn_name=self.similarity_fn_name, truncate_dim=self.truncate_dim,
-                               pooling_include_prompt=self.pooling_include_prompt)
+                               pooling_include_prompt=self.pooling_include_prompt, attention_impl=self.attention_impl)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, dtype: Any = jnp.float32, *, prompts: dict[str, str] | None = None,

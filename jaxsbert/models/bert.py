@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxsbert.models.attention import attention_probs, heads_first, merge_heads
+from jaxsbert.models.attention import attend, check_attention_impl, split_heads
 from jaxsbert.models.dropout import Dropout, token_ids
 
 ACTIVATIONS = {
@@ -68,21 +68,25 @@ def attention_bias(segment_ids: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 
 class SelfAttention(nn.Module):
+    """query/key/value projections and :func:`jaxsbert.models.attention.attend` (fused or materialized, see
+    ``attention_impl``) -> [B, L, H] in the compute dtype."""
     config: BertConfig
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, bias, deterministic: bool, tokens=None):
         c = self.config
-        dense = lambda name: heads_first(nn.Dense(c.hidden_size, dtype=self.dtype, name=name)(x), c.num_attention_heads)
+        dense = lambda name: split_heads(nn.Dense(c.hidden_size, dtype=self.dtype, name=name)(x), c.num_attention_heads)
         q, k, v = dense("query"), dense("key"), dense("value")
-        probs = attention_probs(q, k, bias)
-        probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic, tokens).astype(self.dtype)
-        return merge_heads(jnp.matmul(probs, v))
+        return attend(q, k, v, bias, c.attention_probs_dropout_prob, deterministic, tokens, self.attention_impl,
+                      self.dtype)
 
 
 class DenseResidualNorm(nn.Module):
-    """dense -> dropout -> LayerNorm(x + residual): HF's BertSelfOutput / BertOutput."""
+    """dense -> dropout -> LayerNorm(x + residual): HF's BertSelfOutput / BertOutput. The residual sum and the
+    norm are float32 and so is the output (the residual stream stays float32 under bf16 compute, as under
+    torch's autocast; the next Dense casts its input to the compute dtype)."""
     config: BertConfig
     dtype: Any = jnp.float32
 
@@ -91,20 +95,22 @@ class DenseResidualNorm(nn.Module):
         c = self.config
         x = nn.Dense(c.hidden_size, dtype=self.dtype, name="dense")(x)
         x = Dropout(c.hidden_dropout_prob)(x, deterministic, tokens)
-        return layer_norm(c, "LayerNorm")(x.astype(jnp.float32) + residual.astype(jnp.float32)).astype(self.dtype)
+        return layer_norm(c, "LayerNorm")(x.astype(jnp.float32) + residual.astype(jnp.float32))
 
 
 def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32, name=name)
+    """A LayerNorm computing in float32 and returning float32 (its parameters float32) whatever the compute dtype."""
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
 
 
 class Attention(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, bias, deterministic: bool, tokens=None):
-        h = SelfAttention(self.config, self.dtype, name="self")(x, bias, deterministic, tokens)
+        h = SelfAttention(self.config, self.dtype, self.attention_impl, name="self")(x, bias, deterministic, tokens)
         return DenseResidualNorm(self.config, self.dtype, name="output")(h, x, deterministic, tokens)
 
 
@@ -121,10 +127,11 @@ class Intermediate(nn.Module):
 class Layer(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, bias, deterministic: bool, tokens=None):
-        a = Attention(self.config, self.dtype, name="attention")(x, bias, deterministic, tokens)
+        a = Attention(self.config, self.dtype, self.attention_impl, name="attention")(x, bias, deterministic, tokens)
         h = Intermediate(self.config, self.dtype, name="intermediate")(a)
         return DenseResidualNorm(self.config, self.dtype, name="output")(h, a, deterministic, tokens)
 
@@ -141,13 +148,14 @@ class Embeddings(nn.Module):
              + embed(c.max_position_embeddings, "position_embeddings")(position_ids)
              + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids))
         x = layer_norm(c, "LayerNorm")(x)
-        return Dropout(c.hidden_dropout_prob)(x, deterministic, tokens).astype(self.dtype)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic, tokens)      # float32: the residual stream
 
 
 class Encoder(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, bias, deterministic: bool, tokens=None, all_layers: bool = False):
@@ -156,7 +164,8 @@ class Encoder(nn.Module):
         layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.remat else Layer
         hidden = [x]
         for i in range(self.config.num_hidden_layers):
-            x = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x, bias, deterministic, tokens)
+            x = layer_cls(self.config, self.dtype, self.attention_impl, name=f"layer_{i}")(x, bias, deterministic,
+                                                                                         tokens)
             if all_layers:
                 hidden.append(x)
         return jnp.stack(hidden) if all_layers else x
@@ -174,10 +183,15 @@ class Pooler(nn.Module):
 class BertModel(nn.Module):
     """Token embeddings [B, L, H] (float32) for token ids [B, L]; ``sentence_ids`` key the dropout masks
     (:func:`jaxsbert.models.dropout.token_ids`). ``all_layers=True``: every layer's, [layers + 1, B, L, H]
-    (Hugging Face's ``hidden_states``: the embeddings, then each layer's output)."""
+    (Hugging Face's ``hidden_states``: the embeddings, then each layer's output).
+
+    ``dtype`` is the compute dtype of the matmuls (parameters are float32 whatever it is; embeddings, layer
+    norms, the residual stream and the attention softmax are float32); ``attention_impl`` picks the attention
+    path (:mod:`jaxsbert.models.attention`)."""
     config: BertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
@@ -189,8 +203,8 @@ class BertModel(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         x = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids, position_ids,
                                                                    deterministic, tokens)
-        x = Encoder(self.config, self.dtype, self.remat, name="encoder")(x, attention_bias(attention_mask),
-                                                                         deterministic, tokens, all_layers)
+        x = Encoder(self.config, self.dtype, self.remat, check_attention_impl(self.attention_impl), name="encoder")(
+            x, attention_bias(attention_mask), deterministic, tokens, all_layers)
         if self.config.add_pooling_layer and self.is_initializing():
             Pooler(self.config, name="pooler")(x[-1] if all_layers else x)
         return x.astype(jnp.float32)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxsbert.models.attention import MultiHeadAttention
+from jaxsbert.models.attention import MultiHeadAttention, check_attention_impl
 from jaxsbert.models.bert import ACTIVATIONS, attention_bias
 from jaxsbert.models.dropout import Dropout, token_ids
 
@@ -64,6 +64,7 @@ class DistilBertConfig:
 class TransformerBlock(nn.Module):
     config: DistilBertConfig
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, bias, deterministic: bool, tokens=None):
@@ -71,11 +72,12 @@ class TransformerBlock(nn.Module):
         norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name=name)
         dropout = Dropout(c.dropout)
         a = MultiHeadAttention(c.dim, c.n_heads, c.attention_dropout, "q_lin", "k_lin", "v_lin", "out_lin",
-                               dtype=self.dtype, name="attention")(x, bias, deterministic, tokens)
-        a = norm("sa_layer_norm")(a.astype(jnp.float32) + x.astype(jnp.float32)).astype(self.dtype)
+                               dtype=self.dtype, attention_impl=self.attention_impl, name="attention")(
+            x, bias, deterministic, tokens)
+        a = norm("sa_layer_norm")(a.astype(jnp.float32) + x.astype(jnp.float32))   # float32, as bert.py's norms
         h = FFN(c, self.dtype, name="ffn")(a)
         h = dropout(h, deterministic, tokens)
-        return norm("output_layer_norm")(h.astype(jnp.float32) + a.astype(jnp.float32)).astype(self.dtype)
+        return norm("output_layer_norm")(h.astype(jnp.float32) + a.astype(jnp.float32))
 
 
 class FFN(nn.Module):
@@ -93,6 +95,7 @@ class Transformer(nn.Module):
     config: DistilBertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, bias, deterministic: bool, tokens=None, all_layers: bool = False):
@@ -100,7 +103,7 @@ class Transformer(nn.Module):
         block = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
         hidden = [x]
         for i in range(self.config.n_layers):
-            x = block(self.config, self.dtype, name=f"layer_{i}")(x, bias, deterministic, tokens)
+            x = block(self.config, self.dtype, self.attention_impl, name=f"layer_{i}")(x, bias, deterministic, tokens)
             if all_layers:
                 hidden.append(x)
         return jnp.stack(hidden) if all_layers else x
@@ -116,7 +119,7 @@ class Embeddings(nn.Module):
         x = (nn.Embed(c.vocab_size, c.dim, name="word_embeddings")(input_ids)
              + nn.Embed(c.max_position_embeddings, c.dim, name="position_embeddings")(position_ids))
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name="LayerNorm")(x)
-        return Dropout(c.dropout)(x, deterministic, tokens).astype(self.dtype)
+        return Dropout(c.dropout)(x, deterministic, tokens)      # float32: the residual stream
 
 
 class DistilBertModel(nn.Module):
@@ -125,6 +128,7 @@ class DistilBertModel(nn.Module):
     config: DistilBertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_impl: str = "auto"     # see jaxsbert.models.attention
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
@@ -133,6 +137,7 @@ class DistilBertModel(nn.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         x = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, position_ids, deterministic, tokens)
-        x = Transformer(self.config, self.dtype, self.remat, name="transformer")(
+        x = Transformer(self.config, self.dtype, self.remat, check_attention_impl(self.attention_impl),
+                        name="transformer")(
             x, attention_bias(attention_mask), deterministic, tokens, all_layers)
         return x.astype(jnp.float32)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsbert.models import bert
-from jaxsbert.models.attention import MultiHeadAttention
+from jaxsbert.models.attention import MultiHeadAttention, check_attention_impl
 from jaxsbert.models.dropout import Dropout, token_ids
 from jaxsbert.models.roberta import offset_position_ids
 
@@ -99,23 +99,26 @@ class SelfAttention(nn.Module):
     """MPNetAttention: attn (q, k, v, o) -> dropout -> LayerNorm(x + residual)."""
     config: MPNetConfig
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, bias, deterministic: bool, tokens=None):
         c = self.config
         h = MultiHeadAttention(c.hidden_size, c.num_attention_heads, c.attention_probs_dropout_prob, "q", "k", "v", "o",
-                               dtype=self.dtype, name="attn")(x, bias, deterministic, tokens)
+                               dtype=self.dtype, attention_impl=self.attention_impl, name="attn")(
+            x, bias, deterministic, tokens)
         h = Dropout(c.hidden_dropout_prob)(h, deterministic, tokens)
-        return bert.layer_norm(c, "LayerNorm")(h.astype(jnp.float32) + x.astype(jnp.float32)).astype(self.dtype)
+        return bert.layer_norm(c, "LayerNorm")(h.astype(jnp.float32) + x.astype(jnp.float32))   # float32 (bert.py)
 
 
 class Layer(nn.Module):
     config: MPNetConfig
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, bias, deterministic: bool, tokens=None):
-        a = SelfAttention(self.config, self.dtype, name="attention")(x, bias, deterministic, tokens)
+        a = SelfAttention(self.config, self.dtype, self.attention_impl, name="attention")(x, bias, deterministic, tokens)
         h = bert.Intermediate(self.config, self.dtype, name="intermediate")(a)
         return bert.DenseResidualNorm(self.config, self.dtype, name="output")(h, a, deterministic, tokens)
 
@@ -124,6 +127,7 @@ class Encoder(nn.Module):
     config: MPNetConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, mask_bias, positions, deterministic: bool, tokens=None, all_layers: bool = False):
@@ -136,7 +140,7 @@ class Encoder(nn.Module):
         layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.remat else Layer
         hidden = [x]
         for i in range(c.num_hidden_layers):
-            x = layer_cls(c, self.dtype, name=f"layer_{i}")(x, bias, deterministic, tokens)
+            x = layer_cls(c, self.dtype, self.attention_impl, name=f"layer_{i}")(x, bias, deterministic, tokens)
             if all_layers:
                 hidden.append(x)
         return jnp.stack(hidden) if all_layers else x
@@ -152,7 +156,7 @@ class Embeddings(nn.Module):
         x = (nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")(input_ids)
              + nn.Embed(c.max_position_embeddings, c.hidden_size, name="position_embeddings")(position_ids))
         x = bert.layer_norm(c, "LayerNorm")(x)
-        return Dropout(c.hidden_dropout_prob)(x, deterministic, tokens).astype(self.dtype)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic, tokens)      # float32: the residual stream
 
 
 class MPNetModel(nn.Module):
@@ -161,6 +165,7 @@ class MPNetModel(nn.Module):
     config: MPNetConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_impl: str = "auto"     # see jaxsbert.models.attention
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
@@ -170,8 +175,8 @@ class MPNetModel(nn.Module):
         absolute = offset_position_ids(attention_mask, position_ids, PADDING_IDX)
         relative = jnp.arange(input_ids.shape[1])[None] if position_ids is None else position_ids
         x = Embeddings(c, self.dtype, name="embeddings")(input_ids, absolute, deterministic, tokens)
-        x = Encoder(c, self.dtype, self.remat, name="encoder")(x, bert.attention_bias(attention_mask), relative,
-                                                               deterministic, tokens, all_layers)
+        x = Encoder(c, self.dtype, self.remat, check_attention_impl(self.attention_impl), name="encoder")(
+            x, bert.attention_bias(attention_mask), relative, deterministic, tokens, all_layers)
         if c.add_pooling_layer and self.is_initializing():
             bert.Pooler(c, name="pooler")(x[-1] if all_layers else x)
         return x.astype(jnp.float32)

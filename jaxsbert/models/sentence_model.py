@@ -73,12 +73,12 @@ class SentenceModel(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     max_segments: int = DEFAULT_MAX_SEGMENTS
+    attention_impl: str = "auto"     # "auto" | "fused" | "materialized": see jaxsbert.models.attention
 
     @nn.compact
     def __call__(self, features: dict, deterministic: bool = True, all_layers: bool = False):
         c = self.config
-        transformer = families.FAMILIES[c.family].module(c.transformer, dtype=self.dtype, remat=self.remat,
-                                                           name="transformer")
+        transformer = transformer_module(c, self.dtype, self.remat, self.attention_impl, name="transformer")
         x = transformer(features["input_ids"], features["attention_mask"], features.get("token_type_ids"),
                         features.get("position_ids"), deterministic=deterministic,
                         sentence_ids=features.get("sentence_ids"), all_layers=all_layers)
@@ -93,6 +93,34 @@ class SentenceModel(nn.Module):
             elif isinstance(m, NormalizeConfig):
                 x = normalize(x)
         return x
+
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """The matmul dtype a model runs in, from a name ("float32", "bfloat16") or a dtype: float32 or bfloat16
+    (parameters, norms, softmax, pooling and losses stay float32 either way)."""
+    try:
+        name = jnp.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {dtype!r} is not supported; supported: {sorted(COMPUTE_DTYPES)}")
+    return COMPUTE_DTYPES[name]
+
+
+def transformer_module(config: SentenceModelConfig, dtype: Any = jnp.float32, remat: bool = False,
+                       attention_impl: str = "auto", **kwargs):
+    """The family's Transformer module; ``attention_impl`` goes to the families whose module takes one (BERT,
+    RoBERTa, DistilBERT, MPNet); another family computes its attention its own way, and only "auto" is taken."""
+    module_cls = families.FAMILIES[config.family].module
+    if "attention_impl" in getattr(module_cls, "__dataclass_fields__", {}):
+        kwargs["attention_impl"] = attention_impl
+    elif attention_impl != "auto":
+        raise ValueError(f"attention_impl={attention_impl!r}: the {config.family!r} family has no attention "
+                         f"choice (only 'auto')")
+    return module_cls(config.transformer, dtype=dtype, remat=remat, **kwargs)
 
 
 def pool_tokens(x, features: dict, config: PoolingConfig, packed: bool, max_segments: int):

@@ -238,9 +238,10 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
 
     mesh = pmesh.make_mesh(config.get("mesh"))
     pmesh.check_batch_size(mesh, int(config["batch_size"]))
-    state = init_state(encoder.params, heads, tx, int(config["seed"]), frozen=run.frozen)
-    state_sharding = pmesh.param_sharding(mesh, state)
-    state = jax.device_put(state, state_sharding)
+    # built straight into its FSDP shards: the optimizer moments never exist whole on one device
+    state, state_sharding = pmesh.sharded_call(
+        lambda params, heads, frozen: init_state(params, heads, tx, int(config["seed"]), frozen=frozen),
+        mesh, encoder.params, heads, run.frozen)
 
     ckpt_cfg = config["checkpoint"]
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ckpt_cfg["keep"]),
@@ -267,10 +268,10 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     def to_device(batch):
         return pmesh.global_batch(mesh, vocab.remap(batch) if vocab else batch)
 
-    compute_dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config["compute_dtype"]]
-    from jaxsbert.models.sentence_model import SentenceModel
-    module = SentenceModel(vocab.model_config(encoder.config) if vocab else encoder.config, dtype=compute_dtype,
-                           remat=bool(config["remat"]), max_segments=int(config["data"]["max_segments"]))
+    from jaxsbert.models.sentence_model import SentenceModel, compute_dtype
+    module = SentenceModel(vocab.model_config(encoder.config) if vocab else encoder.config,
+                           dtype=compute_dtype(config["compute_dtype"]), remat=bool(config["remat"]),
+                           max_segments=int(config["data"]["max_segments"]), attention_impl=config["attention_impl"])
     embed_fn = make_embed_fn(module, bool(config["dropout"]))
     batch_sharding = pmesh.batch_sharding(mesh)
     metric_sharding = pmesh.replicated(mesh)
