@@ -297,3 +297,59 @@ def test_export_loads_in_sentence_transformers_and_automodel(st_dir, tmp_path):
         a = auto(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).last_hidden_state
         b = reference(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).last_hidden_state
     np.testing.assert_array_equal(a.numpy()[mask.astype(bool)], b.numpy()[mask.astype(bool)])
+
+
+# ----------------------------------------------------------------------------- prompts in the data, CLI
+
+def test_dataset_prompts_prefix_input_columns():
+    import datasets
+
+    from jaxsbert.data import load_dataset
+
+    ds = datasets.Dataset.from_dict({"anchor": ["a1", "a2"], "positive": ["p1", "p2"], "score": [0.5, 1.0]})
+    from jaxsbert.data.loading import add_prompts
+
+    out = add_prompts(ds, {"anchor": "Instruct: x\nQuery:"})
+    assert out["anchor"] == ["Instruct: x\nQuery:a1", "Instruct: x\nQuery:a2"] and out["positive"] == ["p1", "p2"]
+    assert add_prompts(ds, "q: ")["positive"] == ["q: p1", "q: p2"] and add_prompts(ds, "q: ")["score"] == [0.5, 1.0]
+    with pytest.raises(ValueError, match=r"names column\(s\) \['anchr'\] that are not input columns"):
+        add_prompts(ds, {"anchr": "q: "})
+    dev = load_dataset({"source": "demo", "split": "dev", "limit": 3, "prompts": {"sentence1": "q: "}})
+    plain = load_dataset({"source": "demo", "split": "dev", "limit": 3})
+    assert dev["sentence1"] == ["q: " + t for t in plain["sentence1"]] and dev["sentence2"] == plain["sentence2"]
+
+
+def test_cli_trains_qwen3_with_mnrl_prompts_and_resumes(st_dir, tmp_path):
+    """MNRL on the demo pairs through ``jaxsbert train`` with a query instruction on the first column (training
+    and evaluation): the loss goes down, and a run stopped after 3 steps and resumed with --resume ends with the
+    checkpoint of the run that was not stopped; the saved model loads in sentence-transformers."""
+    from jaxsbert.cli import main
+    from helpers import latest_checkpoint
+
+    prompts = {"sentence1": PROMPTS["query"]}
+    config = {"model": st_dir, "loss": {"name": "MultipleNegativesRankingLoss"}, "batch_size": 8, "max_steps": 6,
+              "data": {"train": {"demo": {"source": "demo", "columns": ["sentence1", "sentence2"], "limit": 24,
+                                          "prompts": prompts}},
+                       "eval": {"dev": {"type": "similarity", "source": "demo", "split": "dev", "limit": 16,
+                                        "prompts": prompts}}},
+              "optim": {"lr": 2e-3, "warmup_ratio": 0.0}, "log_every": 1, "eval_before": False, "tensorboard": False,
+              "checkpoint": {"every_steps": 3, "keep": 2, "async": False}}
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text("def get_config():\n    return " + repr(config) + "\n")
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    main(["train", str(cfg), "--workdir", full])
+    main(["train", str(cfg), "--workdir", part, "-o", "stop_after_steps=3"])
+    main(["train", str(cfg), "--workdir", part, "--resume"])
+    metrics = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl"))]
+    losses = [m["loss"] for m in metrics if m["kind"] == "train"]
+    assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    assert any("dev_spearman_cosine" in m for m in metrics), metrics[-1]
+    a, b = latest_checkpoint(full), latest_checkpoint(part)
+    leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
+    for (path, x), (_, y) in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    trained = SentenceEncoder.from_pretrained(os.path.join(full, "model"))
+    assert trained.config.family == "qwen3" and trained.prompts["query"] == PROMPTS["query"]
+    theirs = _st(os.path.join(full, "model")).encode(TEXTS[:4], prompt_name="query")
+    np.testing.assert_allclose(trained.encode(TEXTS[:4], prompt_name="query"), theirs, atol=1e-5)

@@ -33,7 +33,7 @@ _FILE_BUILDERS: dict[str, tuple[str, dict]] = {
 }
 
 _SPEC_KEYS = ("source", "split", "data_root", "score_divisor", "task", "subset", "min_score", "columns", "rename",
-              "limit", "noise")
+              "limit", "noise", "prompts")
 
 # SICK entailment labels, in the order of sentence-transformers' NLI examples.
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -431,6 +431,10 @@ def load_dataset(spec: str | Mapping[str, Any] | datasets.Dataset, *, split: str
     - ``noise``: ``True`` or ``{"del_ratio": 0.6, "seed": 0}``: the one text column becomes TSDAE's (damaged,
       original) pair, words deleted as sentence-transformers' ``DenoisingAutoEncoderDataset``
       (:func:`jaxsbert.data.noise.add_noise`; the damage is fixed by the seed).
+    - ``prompts``: a string put before the texts of every input column, or ``{column: prompt}`` for some of them
+      (:func:`add_prompts`; sentence-transformers' ``prompts`` training argument, e.g. a Qwen3-Embedding query
+      instruction ``{"anchor": "Instruct: ...\\nQuery:"}``); applied last. Local line files with prompts are
+      read into memory rather than streamed.
 
     The keyword arguments ``split`` and ``data_root`` fill in what the spec does not set.
     """
@@ -474,4 +478,27 @@ def _postprocess(ds: datasets.Dataset, options: Mapping[str, Any]) -> datasets.D
         if unknown:
             raise ValueError(f"{source}: 'noise' takes del_ratio and seed; got {unknown}")
         ds = add_noise(ds, **noise)
+    if options.get("prompts"):
+        ds = add_prompts(ds, options["prompts"], source)
     return _tag(ds, source)
+
+
+def add_prompts(ds: datasets.Dataset, prompts: str | Mapping[str, str], source: str = "dataset") -> datasets.Dataset:
+    """``ds`` with each prompt put before the texts of its input column, as sentence-transformers' trainer does
+    with its ``prompts`` argument: one string for every input column (not the label), or ``{column: prompt}``.
+    Prompt tokens are pooled with the rest (a Pooling ``include_prompt=False`` does not leave them out here)."""
+    from jaxsbert.data.columns import split_columns
+
+    inputs = list(split_columns(ds).inputs)
+    if isinstance(prompts, str):
+        prompts = {c: prompts for c in inputs}
+    if not isinstance(prompts, Mapping) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ValueError(f"{source}: 'prompts' must be a string or {{column: prompt string}}, got {prompts!r:.80}")
+    unknown = [c for c in prompts if c not in inputs]
+    if unknown:
+        raise ValueError(f"{source}: 'prompts' names column(s) {unknown} that are not input columns; input "
+                         f"columns: {inputs}")
+    prompts = {c: p for c, p in prompts.items() if p}
+    if not prompts:
+        return ds
+    return ds.map(lambda row: {c: p + row[c] for c, p in prompts.items()}, desc="adding prompts")

@@ -488,7 +488,8 @@ def open_source(spec: str | Mapping[str, Any] | datasets.Dataset, *, data_root: 
     if unknown:
         raise ValueError(f"dataset spec has unknown keys {unknown}; known keys: {list(_SPEC_KEYS)}")
     source = options.get("source")
-    if is_line_source(source) and options.get("min_score") is None and not options.get("noise"):   # else in memory
+    if is_line_source(source) and options.get("min_score") is None and not options.get("noise") \
+            and not options.get("prompts"):                                                     # else in memory
         root = options.get("data_root", data_root)
         patterns = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         resolved = []
