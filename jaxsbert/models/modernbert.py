@@ -16,9 +16,11 @@ those at most ``local_attention // 2`` positions away, as Hugging Face's sliding
 tokens of its own segment, and in local layers only to those within the window measured on
 ``position_ids`` (0-based, restarting per packed sentence; default: the index in the row). That is what
 Hugging Face's unpadding (and its packed-sequence masks) compute: packed sentences see neither each other
-nor padding, and each sees its own positions. The residual stream is kept in float32; the projections
-run in ``dtype``. Attention is the plain [B, heads, L, L] softmax (no fused kernel, no banded local
-attention): memory grows with L^2 in every layer.
+nor padding, and each sees its own positions. The residual stream and the norms are float32; the
+projections run in ``dtype``. Attention is :func:`jaxsbert.models.attention.attend` with the mask as an
+additive bias (``attention_impl``: materialized probabilities, or fused ``jax.nn.dot_product_attention``,
+cuDNN's on a GPU in bf16); either way every layer, local ones included, computes all [L, L] scores of a
+row (no banded local attention), so time grows with L^2.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsbert.models.attention import attention_probs, heads_first, merge_heads
+from jaxsbert.models.attention import attend, check_attention_impl, split_heads
 from jaxsbert.models.bert import ACTIVATIONS
 from jaxsbert.models.dropout import Dropout, token_ids
 
@@ -150,11 +152,11 @@ def rotary(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array
 
 
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates [B, heads, L, d] queries or keys (in float32) by [B, L, d] angles: ``x cos + rotate_half(x) sin``."""
+    """Rotates [B, L, heads, d] queries or keys (in float32) by [B, L, d] angles: ``x cos + rotate_half(x) sin``."""
     x = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+    return x * cos[:, :, None] + rotated * sin[:, :, None]
 
 
 def allowed_keys(segments: jax.Array, positions: jax.Array, window: Optional[int]) -> jax.Array:
@@ -175,20 +177,19 @@ class Attention(nn.Module):
     config: ModernBertConfig
     layer_type: str = GLOBAL
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, segments, positions, deterministic: bool, tokens=None):
         c = self.config
         qkv = nn.Dense(3 * c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype, name="Wqkv")(x)
-        q, k, v = (heads_first(t, c.num_attention_heads) for t in jnp.split(qkv, 3, axis=-1))
+        q, k, v = (split_heads(t, c.num_attention_heads) for t in jnp.split(qkv, 3, axis=-1))   # [B, L, heads, d]
         cos, sin = rotary(positions, c.head_dim, c.rope_theta(self.layer_type))
         q, k = apply_rotary(q, cos, sin).astype(self.dtype), apply_rotary(k, cos, sin).astype(self.dtype)
         window = c.local_attention // 2 if self.layer_type == LOCAL else None
         bias = jnp.where(allowed_keys(segments, positions, window), 0.0, jnp.finfo(jnp.float32).min)
-        probs = attention_probs(q, k, bias)
-        probs = Dropout(c.attention_dropout)(probs, deterministic, tokens).astype(self.dtype)
-        out = nn.Dense(c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype, name="Wo")(
-            merge_heads(jnp.matmul(probs, v)))
+        out = attend(q, k, v, bias, c.attention_dropout, deterministic, tokens, self.attention_impl, self.dtype)
+        out = nn.Dense(c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype, name="Wo")(out)
         return Dropout(c.attention_dropout)(out, deterministic, tokens)
 
 
@@ -211,13 +212,14 @@ class Layer(nn.Module):
     config: ModernBertConfig
     index: int = 0
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, segments, positions, deterministic: bool, tokens=None):
         c = self.config
         h = x if self.index == 0 else layer_norm(c, "attn_norm")(x)
-        a = Attention(c, c.layer_types[self.index], self.dtype, name="attn")(h, segments, positions, deterministic,
-                                                                             tokens)
+        a = Attention(c, c.layer_types[self.index], self.dtype, self.attention_impl, name="attn")(
+            h, segments, positions, deterministic, tokens)
         x = x + a.astype(jnp.float32)
         m = MLP(c, self.dtype, name="mlp")(layer_norm(c, "mlp_norm")(x), deterministic, tokens)
         return x + m.astype(jnp.float32)
@@ -237,10 +239,12 @@ class ModernBertModel(nn.Module):
     """Token embeddings [B, L, H] (float32) for token ids [B, L]; ``token_type_ids`` is accepted and ignored.
 
     ``all_layers=True``: [layers + 1, B, L, H], Hugging Face's ``hidden_states``: the embeddings, each layer's
-    output, the last one through ``final_norm`` (the model's output)."""
+    output, the last one through ``final_norm`` (the model's output). ``dtype``: the matmuls' compute dtype;
+    ``attention_impl``: the attention path (:mod:`jaxsbert.models.attention`)."""
     config: ModernBertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
@@ -253,7 +257,8 @@ class ModernBertModel(nn.Module):
         layer_cls = nn.remat(Layer, static_argnums=(4,)) if self.remat else Layer
         hidden = [x]
         for i in range(c.num_hidden_layers):
-            x = layer_cls(c, i, self.dtype, name=f"layers_{i}")(x, attention_mask, positions, deterministic, tokens)
+            x = layer_cls(c, i, self.dtype, check_attention_impl(self.attention_impl), name=f"layers_{i}")(
+                x, attention_mask, positions, deterministic, tokens)
             hidden.append(x)
         x = layer_norm(c, "final_norm")(x)
         if all_layers:
