@@ -333,6 +333,15 @@ def test_export_loads_in_sentence_transformers_and_automodel(encoder, st_model, 
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_keep_layers_is_refused(encoder):
+    """A distillation student of some layers is not built for ModernBERT (whose layer 0 has no attn_norm and whose
+    layers each have their attention type): one error line instead of a model with the wrong layers."""
+    from jaxsbert.models.layers import keep_layers
+
+    with pytest.raises(ValueError, match="keep_layers \\[0, 2\\]: not supported for the 'modernbert' family"):
+        keep_layers(encoder, [0, 2])
+
+
 def test_max_seq_length_reaches_the_models(st_dir):
     """A Hugging Face directory without sentence-transformers' settings gets max_position_embeddings (8192),
     as sentence-transformers."""
