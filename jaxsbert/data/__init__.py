@@ -1,14 +1,18 @@
 """Training data: loading, the column convention and validation, tokenization, samplers, static-shape batches."""
-from jaxsbert.data.batching import batch_slots, make_batch, process_rows
-from jaxsbert.data.buckets import bucket_for, length_buckets, pad_token_ids
-from jaxsbert.data.columns import LABEL_COLUMNS, Columns, select_columns, split_columns, validate_dataset
-from jaxsbert.data.loader import BatchIterator, DataLoader, LoaderBatch, Position
-from jaxsbert.data.loading import (NAMED_DATASETS, NLI_LABELS, dataset_source, default_data_root, demo_path,
-                                   load_dataset, read_sick, read_stsb)
-from jaxsbert.data.noise import add_noise
-from jaxsbert.data.samplers import BATCH_SAMPLERS, MULTI_DATASET_SAMPLERS
-from jaxsbert.data.sources import ArrowSource, BadRowError, LineSource, RowSource, open_source
-from jaxsbert.data.tokenization import TokenizedDataset, tokenize_dataset
+# name -> the submodule that defines it, imported on first use: the model, packing and loss modules import
+# jaxsbert.data.packing, which must not import `datasets` (benchmarks/device.py runs where it is not installed)
+_LAZY = {name: f"jaxsbert.data.{module}" for module, names in {
+    "batching": ("batch_slots", "make_batch", "process_rows"),
+    "buckets": ("bucket_for", "length_buckets", "pad_token_ids"),
+    "columns": ("LABEL_COLUMNS", "Columns", "select_columns", "split_columns", "validate_dataset"),
+    "loader": ("BatchIterator", "DataLoader", "LoaderBatch", "Position"),
+    "loading": ("NAMED_DATASETS", "NLI_LABELS", "dataset_source", "default_data_root", "demo_path", "load_dataset",
+                "read_sick", "read_stsb"),
+    "noise": ("add_noise",),
+    "samplers": ("BATCH_SAMPLERS", "MULTI_DATASET_SAMPLERS"),
+    "sources": ("ArrowSource", "BadRowError", "LineSource", "RowSource", "open_source"),
+    "tokenization": ("TokenizedDataset", "tokenize_dataset"),
+}.items() for name in names}
 
 __all__ = [
     "add_noise", "ArrowSource", "BadRowError", "LineSource", "RowSource", "open_source",
@@ -18,3 +22,16 @@ __all__ = [
     "process_rows", "read_sick", "read_stsb", "select_columns", "split_columns", "tokenize_dataset",
     "validate_dataset",
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = globals()[name] = getattr(importlib.import_module(_LAZY[name]), name)
+        return value
+    raise AttributeError(f"module 'jaxsbert.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
