@@ -231,6 +231,21 @@ def test_fused_attention_equals_materialized(monkeypatch):
         assert _max_diff(a, b) < ATOL * max(1.0, float(np.abs(b).max())), (_max_diff(a, b), float(np.abs(b).max()))
 
 
+def test_bfloat16_compute_stays_close_to_float32():
+    """dtype=bfloat16 (the matmuls; RoPE, norms, softmax and the residual stream stay float32): float32 output,
+    every token's vector within cosine 0.999 of the float32 model's."""
+    model = perturbed_hf_model(small_hf_config(97), seed=5)
+    rng = np.random.default_rng(0)
+    ids, mask = rng.integers(5, 97, (2, 40)).astype(np.int32), np.ones((2, 40), np.int32)
+    mask[1, 25:] = 0
+    _, module, params = _to_jax(model, ids, mask)
+    f32, b16 = _apply(module, params, ids, mask), _apply(module.clone(dtype=jnp.bfloat16), params, ids, mask)
+    a, b = f32[mask > 0], b16[mask > 0]
+    assert b16.dtype == np.float32 and _max_diff(a, b) > 1e-4           # bf16 did run
+    cosine = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cosine.min() > 0.999, cosine.min()
+
+
 def test_dropout_and_remat_train():
     """With dropout everywhere and rematerialised layers the gradient is finite and dropout changes the output."""
     config = ModernBertConfig(vocab_size=50, hidden_size=12, intermediate_size=7, num_hidden_layers=3,
