@@ -175,17 +175,18 @@ def test_remat_dropout_and_padding_row_gradient():
     module = qwen3.Qwen3Model(config, remat=True)
     ids = jnp.asarray([[5, 6, 0, 7], [8, 0, 0, 0]], jnp.int32)
     mask = jnp.asarray([[1, 1, 1, 1], [1, 1, 0, 0]], jnp.int32)
-    params = module.init(jax.random.PRNGKey(0), ids, mask)["params"]
+    params = jax.jit(module.init)(jax.random.PRNGKey(0), ids, mask)["params"]
 
     def loss(p, deterministic):
         out = module.apply({"params": p}, ids, mask, deterministic=deterministic, rngs={"dropout": jax.random.PRNGKey(1)})
         return out[..., :3].sum()          # not (out ** 2).mean(): the final RMSNorm makes that ~1
 
-    grads = jax.grad(loss)(params, False)
+    grads = jax.jit(jax.grad(loss), static_argnums=1)(params, False)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(grads))
     assert float(jnp.abs(grads["embed_tokens"]["embedding"][0]).max()) == 0.0
     assert float(jnp.abs(grads["embed_tokens"]["embedding"][5]).max()) > 0.0
-    assert abs(float(loss(params, False)) - float(loss(params, True))) > 1e-6
+    value = jax.jit(loss, static_argnums=1)
+    assert abs(float(value(params, False)) - float(value(params, True))) > 1e-6
 
 
 def test_config_round_trips_through_hugging_face():
@@ -297,6 +298,26 @@ def test_export_loads_in_sentence_transformers_and_automodel(st_dir, tmp_path):
         a = auto(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).last_hidden_state
         b = reference(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).last_hidden_state
     np.testing.assert_array_equal(a.numpy()[mask.astype(bool)], b.numpy()[mask.astype(bool)])
+
+
+def test_a_causal_lm_checkpoint_pools_its_last_token_as_sentence_transformers(tmp_path):
+    """A plain Hugging Face Qwen3ForCausalLM directory (``model.`` keys, an untied ``lm_head``): sentence-transformers
+    pools it by the last token; so do we (with the LM head left out)."""
+    from safetensors.numpy import load_file
+    from sentence_transformers import SentenceTransformer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(2)
+    config = transformers.Qwen3Config(vocab_size=len(tokenizer), tie_word_embeddings=False, **SMALL)
+    model = transformers.Qwen3ForCausalLM(config).eval()
+    model.save_pretrained(str(tmp_path))
+    tokenizer.save_pretrained(str(tmp_path))
+    assert "lm_head.weight" in load_file(str(tmp_path / "model.safetensors"))
+    encoder = SentenceEncoder.from_pretrained(str(tmp_path))
+    assert encoder.config.modules[0].modes == ("lasttoken",)
+    theirs = SentenceTransformer(str(tmp_path), device="cpu")
+    assert theirs[1].pooling_mode == "lasttoken"
+    np.testing.assert_allclose(encoder.encode(TEXTS[:6]), theirs.encode(TEXTS[:6]), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- prompts in the data, CLI

@@ -101,6 +101,14 @@ def _max_seq_length(directory: str, transformer_config: Any) -> int:
     return limit
 
 
+def _is_causal_lm(directory: str) -> bool:
+    """Whether config.json names a causal LM (``*ForCausalLM``, not ``is_causal: false``): sentence-transformers
+    then pools a plain Hugging Face directory by its last token instead of the mean."""
+    d = read_json(os.path.join(directory, "config.json"))
+    architectures = d.get("architectures") or [""]
+    return architectures[0].endswith("ForCausalLM") and d.get("is_causal", True) is not False
+
+
 def load(path_or_id: str) -> tuple[SentenceModelConfig, dict, str]:
     """-> (config, params, tokenizer directory) for a sentence-transformers or Hugging Face directory."""
     root = resolve(path_or_id)
@@ -111,7 +119,7 @@ def load(path_or_id: str) -> tuple[SentenceModelConfig, dict, str]:
                                     "(Hugging Face) found; supported: a sentence-transformers directory or a "
                                     "Hugging Face model directory with config.json and model.safetensors")
         family, tconf = _transformer_config(root)
-        pooling = PoolingConfig(tconf.hidden_size, ("mean",))
+        pooling = PoolingConfig(tconf.hidden_size, ("lasttoken",) if _is_causal_lm(root) else ("mean",))
         config = SentenceModelConfig(family, tconf, (pooling,), _max_seq_length(root, tconf), False)
         return (*_load_params(config, root, {}), root)
 
