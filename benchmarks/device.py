@@ -460,11 +460,11 @@ def _num(x, fmt: str) -> str:
 
 def table_rows(models, cases, results: dict) -> list[list[str]]:
     """One row per (model, case): ``results[(model, case, framework)]`` is a result dict, or a string
-    (failed / skipped / pending), or absent (not run)."""
+    (failed / skipped / pending), or absent (not run, or not installed: n/a)."""
     rows = []
     for model in models:
         for case in cases:
-            j, s = (results.get((model, case, fw), "not run") for fw in FRAMEWORKS)
+            j, s = (results.get((model, case, fw), "n/a") for fw in FRAMEWORKS)
             jd, sd = (r if isinstance(r, dict) else {} for r in (j, s))
             cell = lambda r, key, fmt: _num(r.get(key), fmt) if isinstance(r, dict) else r
             peak = jd.get("peak_flops")
