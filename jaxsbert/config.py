@@ -114,6 +114,7 @@ ALIASES: dict[str, str] = {
     "model_name_or_path": "model", "model_name": "model", "max_seq_len": "max_seq_length",
     "dataloader_drop_last": "data.drop_last", "batch_sampler": "data.batch_sampler",
     "multi_dataset_batch_sampler": "data.multi_dataset_sampler", "output_dir": "the --workdir option",
+    "prompts": "data.train.<dataset>.prompts (a string, or {column: prompt}; dataset specs in data.eval take it too)",
 }
 
 

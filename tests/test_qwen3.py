@@ -338,6 +338,10 @@ def test_dataset_prompts_prefix_input_columns():
     dev = load_dataset({"source": "demo", "split": "dev", "limit": 3, "prompts": {"sentence1": "q: "}})
     plain = load_dataset({"source": "demo", "split": "dev", "limit": 3})
     assert dev["sentence1"] == ["q: " + t for t in plain["sentence1"]] and dev["sentence2"] == plain["sentence2"]
+    from jaxsbert.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=r"unknown config key 'prompts'; did you mean data.train.<dataset>.prompts"):
+        build_config(base={"prompts": {"anchor": "q: "}})      # sentence-transformers' training argument
 
 
 def test_cli_trains_qwen3_with_mnrl_prompts_and_resumes(st_dir, tmp_path):
