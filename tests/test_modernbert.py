@@ -76,10 +76,10 @@ def small_hf_config(vocab_size: int, local_attention: int = 8, biases: bool = Fa
                                          bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
 
 
-def perturbed_hf_model(config, seed=0):
-    """A random ModernBertModel with every parameter (norms and biases too) away from its init value."""
+def perturbed_hf_model(config, seed=0, cls=None):
+    """A random ModernBertModel (or ``cls``) with every parameter (norms and biases too) away from its init value."""
     torch.manual_seed(seed)
-    model = transformers.ModernBertModel(config).eval()
+    model = (cls or transformers.ModernBertModel)(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -89,10 +89,11 @@ def perturbed_hf_model(config, seed=0):
 @pytest.fixture(scope="module")
 def st_dir(tmp_path_factory) -> str:
     """ModernBERT (local_attention=8) + its tokenizer, wrapped as Transformer + Pooling(mean) + Normalize and
-    saved by sentence-transformers."""
+    saved by sentence-transformers. Beside it, ``hf``: the masked-LM checkpoint it was made from (as ModernBERT's
+    on the hub: ``model.``-prefixed encoder weights and an MLM head)."""
     root = tmp_path_factory.mktemp("modernbert")
     tokenizer = small_tokenizer()
-    model = perturbed_hf_model(small_hf_config(len(tokenizer)))
+    model = perturbed_hf_model(small_hf_config(len(tokenizer)), cls=transformers.ModernBertForMaskedLM)
     hf_dir = str(root / "hf")
     model.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
@@ -357,13 +358,15 @@ def test_keep_layers_is_refused(encoder):
         keep_layers(encoder, [0, 2])
 
 
-def test_max_seq_length_reaches_the_models(st_dir):
-    """A Hugging Face directory without sentence-transformers' settings gets max_position_embeddings (8192),
-    as sentence-transformers."""
+def test_masked_lm_checkpoint_loads_with_the_models_max_seq_length(st_dir):
+    """The plain Hugging Face masked-LM directory (what fine-tuning starts from): the encoder's weights (the MLM
+    head left out), max_seq_length = max_position_embeddings (8192) as sentence-transformers gives it, and
+    sentence-transformers' default mean-pooled embeddings within 1e-5."""
     hf_dir = os.path.join(os.path.dirname(st_dir), "hf")
-    ours = SentenceEncoder.from_pretrained(hf_dir)
-    assert ours.max_seq_length == 8192 == SentenceTransformer(hf_dir, device="cpu").max_seq_length
+    ours, theirs = SentenceEncoder.from_pretrained(hf_dir), SentenceTransformer(hf_dir, device="cpu")
+    assert ours.max_seq_length == 8192 == theirs.max_seq_length
     assert ours.tokenizer(["word " * 9000])[0].__len__() == 8192
+    assert _max_diff(ours.encode(SENTENCES), theirs.encode(SENTENCES, convert_to_numpy=True)) < ATOL
 
 
 # ------------------------------------------------------------------------------- CLI training, resume
