@@ -62,17 +62,17 @@ def _model_path(name: str) -> str:
     return resolve(name)
 
 
-def _load_encoder(name: str):
+def _load_encoder(name: str, compute_dtype: str = "float32"):
     from jaxsbert.encoder import SentenceEncoder
 
-    return SentenceEncoder.from_pretrained(_model_path(name))
+    return SentenceEncoder.from_pretrained(_model_path(name), dtype=compute_dtype)
 
 
 def cmd_encode(args) -> None:
     import numpy as np
 
     sentences = _read_sentences(args.input, args.field)
-    encoder = _load_encoder(args.model)
+    encoder = _load_encoder(args.model, args.compute_dtype)
     emb = encoder.encode(sentences, batch_size=args.batch_size,
                          normalize_embeddings=True if args.normalize else None, show_progress_bar=True)
     np.save(args.output, emb)
@@ -191,7 +191,7 @@ def cmd_eval(args) -> None:
     if args.task:
         spec["task"] = args.task
     evaluator = build_evaluator(args.name, spec, data_root=args.data_root)     # data errors before the model loads
-    metrics = evaluator(_load_encoder(args.model))
+    metrics = evaluator(_load_encoder(args.model, args.compute_dtype))
     print(json.dumps(metrics, indent=2))
 
 
@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = ("a sentence-transformers or Hugging Face model directory, a bundled model "
                   "(sentence-transformers/all-MiniLM-L6-v2), or a hub id (online)")
 
+    compute_dtype_help = ("the matmuls' dtype (default float32); bfloat16 keeps norms, softmax and pooling in "
+                          "float32, and the embeddings are float32 either way")
+
     p = sub.add_parser("train", parents=[common], help="train a model from a config file")
     p.add_argument("config", help="config file (a .py defining get_config()), or the name of one in configs/ "
                                   "(e.g. quickstart)")
@@ -340,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SICK only: relatedness (float scores, for a similarity evaluator) or nli (class labels; "
                         "SICK's default)")
     p.add_argument("--name", default="eval", help="prefix of the metric names (default: eval)")
+    p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32", help=compute_dtype_help)
     p.add_argument("--data-root", default=None,
                    help="directory holding stsbenchmark/ and sick/ (default $JAXSBERT_DATA_ROOT or ../shared/data)")
     p.set_defaults(func=cmd_eval)
@@ -352,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "or sentence1)")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default 32)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32", help=compute_dtype_help)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("mine", parents=[common], help="add hard negatives to (anchor, positive) pairs "

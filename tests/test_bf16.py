@@ -132,3 +132,22 @@ def test_bf16_packed_cached_loss_is_finite_and_close_to_float32():
     flat16 = np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(g16)])
     assert np.isfinite(flat16).all()
     assert _cosines(flat16, flat32) > 0.99
+
+
+def test_cli_encode_takes_a_compute_dtype(tmp_path, minilm_path, monkeypatch):
+    """``jaxsbert encode --compute-dtype bfloat16`` loads the encoder in bf16 and writes float32 embeddings."""
+    from jaxsbert import cli
+    from helpers import save_tiny_model
+
+    model = save_tiny_model(str(tmp_path / "tiny"), minilm_path)
+    (tmp_path / "s.txt").write_text("A man is playing a guitar.\nA woman slices an onion.\n")
+    loaded = []
+    real = cli._load_encoder
+    monkeypatch.setattr(cli, "_load_encoder", lambda *a: loaded.append(real(*a)) or loaded[-1])
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        cli.main(["encode", "--model", model, "--input", str(tmp_path / "s.txt"), "--output",
+                  str(tmp_path / f"{dtype}.npy"), "--compute-dtype", dtype])
+        out[dtype] = np.load(tmp_path / f"{dtype}.npy")
+    assert [e.dtype for e in loaded] == [jnp.float32, jnp.bfloat16]
+    assert out["bfloat16"].dtype == np.float32 and (_cosines(out["bfloat16"], out["float32"]) > 0.98).all()
