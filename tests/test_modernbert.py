@@ -32,6 +32,7 @@ except ImportError:   # sentence-transformers < 6
 from jaxsbert import SentenceEncoder  # noqa: E402
 from jaxsbert.interop import hf  # noqa: E402
 from jaxsbert.models import families  # noqa: E402
+from jaxsbert.models import modernbert  # noqa: E402
 from jaxsbert.models.modernbert import GLOBAL, LOCAL, ModernBertConfig  # noqa: E402
 
 ATOL = 1e-5
@@ -138,6 +139,13 @@ def _to_jax(model, ids, mask):
     return config, module, hf.state_dict_to_flax({k: v.numpy() for k, v in model.state_dict().items()}, template)
 
 
+def _count_calls(monkeypatch, module, name) -> list:
+    """Replaces ``module.name`` by a wrapper that records each call (trace) in the returned list."""
+    calls, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
 def _apply(module, params, ids, segments, positions=None, all_layers=False) -> np.ndarray:
     """The module's output (jitted: one program compiles faster than running the ops one by one)."""
     run = jax.jit(lambda p, i, s, q: module.apply({"params": p}, i, s, position_ids=q, all_layers=all_layers))
@@ -146,8 +154,10 @@ def _apply(module, params, ids, segments, positions=None, all_layers=False) -> n
 
 
 @pytest.mark.parametrize("local_attention,biases,width", [(8, False, 40), (128, True, 200)])
-def test_token_embeddings_and_hidden_states_match_hugging_face(local_attention, biases, width):
-    """Every row longer than the local window (+-4, or the default +-64 on a 200-token row) but one."""
+def test_token_embeddings_and_hidden_states_match_hugging_face(local_attention, biases, width, monkeypatch):
+    """Every row longer than the local window (+-4, or the default +-64 on a 200-token row) but one; the local
+    layers compute the band only (rows longer than three windows)."""
+    bands = _count_calls(monkeypatch, modernbert, "banded_attention")
     model = perturbed_hf_model(small_hf_config(97, local_attention, biases))
     lengths = [width, 5, 1, width - 7]
     rng = np.random.default_rng(0)
@@ -156,6 +166,7 @@ def test_token_embeddings_and_hidden_states_match_hugging_face(local_attention, 
         ids[i, :n], mask[i, :n] = rng.integers(5, 97, n), 1
     config, module, params = _to_jax(model, ids, mask)
     assert config.layer_types == (GLOBAL, LOCAL, LOCAL, GLOBAL)
+    bands.clear()                                          # the init's trace
     with torch.no_grad():
         out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                     output_hidden_states=True)
@@ -166,6 +177,7 @@ def test_token_embeddings_and_hidden_states_match_hugging_face(local_attention, 
     diff = max(_max_diff(ours[i, :n], ref[i, :n]) for i, n in enumerate(lengths))
     diff_layers = max(_max_diff(layers[:, i, :n], ref_layers[:, i, :n]) for i, n in enumerate(lengths))
     assert diff < ATOL and diff_layers < ATOL, (diff, diff_layers)
+    assert len(bands) == 2                                 # traced once per local layer
     # the comparison can fail: without the local window the long rows come out elsewhere
     unwindowed = module.clone(config=dataclasses.replace(config, local_attention=10 ** 6))
     wrong = _apply(unwindowed, params, ids, mask)
@@ -202,14 +214,35 @@ def test_packed_segments_see_their_own_positions_and_window():
     assert _max_diff(one_segment[0, 17:28], separate[1, :11]) > 1e-3
 
 
+@pytest.mark.parametrize("window", [4, 7])
+def test_banded_local_attention_equals_the_full_mask(window):
+    """The band (blocks of ``window`` queries against three blocks of keys) gives the full masked softmax's result
+    for every real token: a packed row (segments of 13, 20 and 9 tokens, positions restarting, padding at 0) and
+    a padded row, lengths not a multiple of the window."""
+    from jaxsbert.models.attention import attention_probs, merge_heads
+
+    rng = np.random.default_rng(window)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 50, 3, 6)), jnp.float32) for _ in range(3))
+    segments = np.array([[1] * 13 + [2] * 20 + [3] * 9 + [0] * 8, [1] * 37 + [0] * 13], np.int32)
+    positions = np.array([list(range(13)) + list(range(20)) + list(range(9)) + [0] * 8, list(range(50))], np.int32)
+    segments, positions = jnp.asarray(segments), jnp.asarray(positions)
+    assert modernbert.takes_band(50, window, 0.0, True)
+    banded = np.asarray(modernbert.banded_attention(q, k, v, segments, positions, window))
+    bias = jnp.where(modernbert.allowed_keys(segments, positions, window), 0.0, jnp.finfo(jnp.float32).min)
+    heads_first = lambda t: t.swapaxes(1, 2)             # [B, heads, L, d]
+    full = np.asarray(merge_heads(jnp.matmul(attention_probs(heads_first(q), heads_first(k), bias), heads_first(v))))
+    real = np.asarray(segments) > 0
+    assert _max_diff(banded[real], full[real]) < 1e-6
+    # training with attention dropout draws its masks on [L, L] probabilities: the full path
+    assert not modernbert.takes_band(50, window, 0.1, False) and modernbert.takes_band(50, window, 0.1, True)
+
+
 def test_fused_attention_equals_materialized(monkeypatch):
     """attention_impl="fused" (jax.nn.dot_product_attention; XLA's on CPU) gives the materialized path's token
     embeddings and gradients, on a packed row whose sentences are longer than the local window."""
     from jaxsbert.models import attention
 
-    calls = []
-    real = attention.fused_attention
-    monkeypatch.setattr(attention, "fused_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = _count_calls(monkeypatch, attention, "fused_attention")
     model = perturbed_hf_model(small_hf_config(97), seed=2)
     rng = np.random.default_rng(4)
     ids = rng.integers(5, 97, (1, 30)).astype(np.int32)

@@ -17,10 +17,16 @@ tokens of its own segment, and in local layers only to those within the window m
 ``position_ids`` (0-based, restarting per packed sentence; default: the index in the row). That is what
 Hugging Face's unpadding (and its packed-sequence masks) compute: packed sentences see neither each other
 nor padding, and each sees its own positions. The residual stream and the norms are float32; the
-projections run in ``dtype``. Attention is :func:`jaxsbert.models.attention.attend` with the mask as an
-additive bias (``attention_impl``: materialized probabilities, or fused ``jax.nn.dot_product_attention``,
-cuDNN's on a GPU in bf16); either way every layer, local ones included, computes all [L, L] scores of a
-row (no banded local attention), so time grows with L^2.
+projections run in ``dtype``.
+
+Global layers, and local layers of short rows or with attention dropout on, use
+:func:`jaxsbert.models.attention.attend` with the mask as an additive bias (``attention_impl``: materialized
+probabilities, or fused ``jax.nn.dot_product_attention``, cuDNN's on a GPU in bf16): all [L, L] scores of
+a row. A local layer on a row longer than three windows without attention dropout (ModernBERT's
+``attention_dropout`` is 0) computes only the band (:func:`banded_attention`): each block of ``window``
+queries against its own and the two neighbouring blocks of keys, [L, 3 * window] scores instead of [L, L],
+the same result (the keys it leaves out are masked anyway: a sentence's tokens sit side by side in a row,
+so tokens within the window of positions are within the window of indices).
 """
 from __future__ import annotations
 
@@ -168,6 +174,46 @@ def allowed_keys(segments: jax.Array, positions: jax.Array, window: Optional[int
     return allowed[:, None]
 
 
+def banded_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: jax.Array, positions: jax.Array,
+                     window: int, dtype: Any = jnp.float32) -> jax.Array:
+    """Local attention of [B, L, heads, d] queries, keys and values -> [B, L, heads * d], scoring each query
+    only against keys at most ``window`` indices away: the row is cut into blocks of ``window`` tokens and block
+    i's queries meet the keys of blocks i - 1, i, i + 1, masked as :func:`allowed_keys` (same segment, at most
+    ``window`` positions apart). Equal to the full masked softmax for queries whose allowed keys lie within
+    ``window`` indices (every real token of a row whose sentences are contiguous with consecutive positions).
+    Scores and softmax in float32; no dropout."""
+    b, length, heads, d = q.shape
+    size = max(window, 1)
+    blocks = -(-length // size)
+
+    def cut(x, fill):                       # [B, L, ...] -> [B, blocks, size, ...]
+        x = jnp.pad(x, [(0, 0), (0, blocks * size - length)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+        return x.reshape((b, blocks, size) + x.shape[2:])
+
+    def around(x, fill):                    # [B, blocks, size, ...] -> [B, blocks, 3 * size, ...]: blocks i-1, i, i+1
+        x = jnp.pad(x, [(0, 0), (1, 1)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+        return jnp.concatenate([x[:, :-2], x[:, 1:-1], x[:, 2:]], axis=2)
+
+    heads_ahead = lambda x: jnp.moveaxis(x, 3, 2)                       # [B, blocks, n, heads, d] -> [.., heads, n, d]
+    qb = heads_ahead(cut(q, 0))
+    kb, vb = heads_ahead(around(cut(k, 0), 0)), heads_ahead(around(cut(v, 0), 0))
+    seg_q, pos_q = cut(segments, -1), cut(positions, 0)                 # [B, blocks, size]; -1: no token
+    seg_k, pos_k = around(seg_q, -1), around(pos_q, 0)                  # [B, blocks, 3 * size]
+    allowed = ((seg_q[..., :, None] == seg_k[..., None, :])
+               & (jnp.abs(pos_q[..., :, None] - pos_k[..., None, :]) <= window))[:, :, None]
+    scores = jnp.matmul(qb, kb.swapaxes(-1, -2), preferred_element_type=jnp.float32)
+    scores = scores.astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
+    probs = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1).astype(dtype)
+    out = jnp.moveaxis(jnp.matmul(probs, vb), 2, 3)                     # [B, blocks, size, heads, d]
+    return out.reshape(b, blocks * size, heads * d)[:, :length]
+
+
+def takes_band(length: int, window: int, dropout_rate: float, deterministic: bool) -> bool:
+    """Whether a local layer computes only the band (:func:`banded_attention`): rows longer than three windows
+    (shorter ones gain nothing), and no attention dropout (its masks are drawn on [L, L] probabilities)."""
+    return length > 3 * max(window, 1) and (deterministic or dropout_rate == 0.0)
+
+
 def layer_norm(config: ModernBertConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=config.norm_eps, use_bias=config.norm_bias, dtype=jnp.float32, name=name)
 
@@ -187,8 +233,11 @@ class Attention(nn.Module):
         cos, sin = rotary(positions, c.head_dim, c.rope_theta(self.layer_type))
         q, k = apply_rotary(q, cos, sin).astype(self.dtype), apply_rotary(k, cos, sin).astype(self.dtype)
         window = c.local_attention // 2 if self.layer_type == LOCAL else None
-        bias = jnp.where(allowed_keys(segments, positions, window), 0.0, jnp.finfo(jnp.float32).min)
-        out = attend(q, k, v, bias, c.attention_dropout, deterministic, tokens, self.attention_impl, self.dtype)
+        if window is not None and takes_band(x.shape[1], window, c.attention_dropout, deterministic):
+            out = banded_attention(q, k, v, segments, positions, window, self.dtype)
+        else:
+            bias = jnp.where(allowed_keys(segments, positions, window), 0.0, jnp.finfo(jnp.float32).min)
+            out = attend(q, k, v, bias, c.attention_dropout, deterministic, tokens, self.attention_impl, self.dtype)
         out = nn.Dense(c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype, name="Wo")(out)
         return Dropout(c.attention_dropout)(out, deterministic, tokens)
 
