@@ -71,6 +71,31 @@ def param_sharding(mesh: Mesh, tree: Any, min_size: int = 2 ** 14) -> Any:
     return jax.tree_util.tree_map(spec, tree)
 
 
+def sharded_call(fn: Any, mesh: Mesh, *args: Any) -> tuple[Any, Any]:
+    """``fn(*args)`` computed straight into FSDP shardings: its result is laid out by :func:`param_sharding`
+    of its shapes, and ``args`` go in laid out the same way, so no device ever holds the whole result (the
+    train state's optimizer moments, say, which ``tx.init`` would otherwise create whole on the default
+    device before they are sharded). Returns (result, its shardings)."""
+    shardings = param_sharding(mesh, jax.eval_shape(fn, *args))
+    args = jax.device_put(args, param_sharding(mesh, args))   # works for multi-process meshes too
+    return jax.jit(fn, out_shardings=shardings)(*args), shardings
+
+
+def bytes_per_device(tree: Any) -> dict:
+    """{device: bytes of ``tree``'s arrays held there}: each jax.Array's addressable shards; an abstract
+    array (``jax.ShapeDtypeStruct`` with a ``sharding``) counts the shards its sharding gives it."""
+    totals: dict = {}
+    for x in jax.tree_util.tree_leaves(tree):
+        if isinstance(x, jax.Array):
+            held = [(s.device, s.data.nbytes) for s in x.addressable_shards]
+        else:
+            shard = int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+            held = [(d, shard) for d in x.sharding.addressable_devices]
+        for device, n in held:
+            totals[device] = totals.get(device, 0) + n
+    return totals
+
+
 def global_batch(mesh: Mesh, local_batch: Any) -> Any:
     """Process-local rows (this host's contiguous slice of the global batch) -> global jax.Arrays."""
     sharding = batch_sharding(mesh)

@@ -238,9 +238,10 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
 
     mesh = pmesh.make_mesh(config.get("mesh"))
     pmesh.check_batch_size(mesh, int(config["batch_size"]))
-    state = init_state(encoder.params, heads, tx, int(config["seed"]), frozen=run.frozen)
-    state_sharding = pmesh.param_sharding(mesh, state)
-    state = jax.device_put(state, state_sharding)
+    # built straight into its FSDP shards: the optimizer moments never exist whole on one device
+    state, state_sharding = pmesh.sharded_call(
+        lambda params, heads, frozen: init_state(params, heads, tx, int(config["seed"]), frozen=frozen),
+        mesh, encoder.params, heads, run.frozen)
 
     ckpt_cfg = config["checkpoint"]
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(ckpt_cfg["keep"]),
