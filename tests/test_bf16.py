@@ -28,7 +28,9 @@ def _cosines(a, b):
 @pytest.mark.slow
 def test_packed_bf16_encode_of_every_stsb_test_sentence_is_within_2e2_cosine_of_float32(minilm_path, stsb_test):
     """The real all-MiniLM-L6-v2, packed rows (the encoder's default), every distinct STSb test sentence: each
-    bf16 embedding's cosine with its float32 embedding is >= 0.98 (measured: worst 0.99993, mean 0.99999)."""
+    bf16 embedding's cosine with its float32 embedding is >= 0.98 (measured: worst 0.99993, mean 0.99999; with
+    XLA_FLAGS=--xla_allow_excess_precision=false, which rounds every bf16 intermediate as a GPU would, worst
+    0.99989, mean 0.99998)."""
     s1, s2, _ = stsb_test
     sentences = sorted(set(s1) | set(s2))
     f32 = SentenceEncoder.from_pretrained(minilm_path)
