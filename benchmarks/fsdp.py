@@ -156,7 +156,8 @@ def main(argv=None) -> int:
     print("| compile s | step s | XLA temp per device MiB | loss | grad norm | finite | state layout kept "
           "| largest device MiB after |")
     print("|---:|---:|---:|---:|---:|---|---|---:|")
-    print(f"| {compile_s:.1f} | {step_s:.1f} | {temp} | {float(metrics['loss']):.4f} | {float(metrics['grad_norm']):.4f} "
+    print(f"| {compile_s:.1f} | {step_s:.1f} | {temp} | {float(metrics['loss']):.4f} "
+          f"| {float(metrics['grad_norm']):.4f} "
           f"| {bool(metrics['finite'])} | {same_layout} | {mib(after)} |")
     print(bound)
     return 0 if bound_met and bool(metrics["finite"]) and same_layout else 1

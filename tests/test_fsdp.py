@@ -108,7 +108,8 @@ def check_family(family: str) -> dict:
     shapes = jax.eval_shape(lambda: new_state(SentenceModel(config).init(jax.random.PRNGKey(0), features)["params"],
                                               {}))
     sharding = pmesh.param_sharding(mesh, shapes)
-    abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, sharding)
+    abstract = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                                      sharding)
     total = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in jax.tree_util.tree_leaves(shapes))
     out["default"] = _bound(total, pmesh.bytes_per_device(abstract))
     out["default"]["params"] = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes["params"]))
@@ -183,7 +184,8 @@ def check_trainer(root: str, model: str) -> dict:
         "save_model": False, "tensorboard": False, "checkpoint": {"async": False}})
     summary = loop.train(config, os.path.join(root, "run"))
     state = summary["state"]
-    return {"init_state_traced": bool(traced) and all(traced), "moments_sharded_as_params": _moments_sharded_as_params(state),
+    return {"init_state_traced": bool(traced) and all(traced),
+            "moments_sharded_as_params": _moments_sharded_as_params(state),
             "sharded_arrays": sum(not x.sharding.is_fully_replicated
                                   for x in jax.tree_util.tree_leaves(state["params"]))}
 
@@ -214,7 +216,8 @@ def results(tmp_path_factory, minilm_path):
     proc = subprocess.run([sys.executable, __file__, str(root), model], env=env, capture_output=True, text=True,
                           timeout=900, cwd=pathlib.Path(__file__).parents[1])
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert proc.returncode == 0 and lines, f"worker failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0 and lines, (f"worker failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                                            f"{proc.stderr[-5000:]}")
     return json.loads(lines[-1][len("RESULTS "):])
 
 
