@@ -32,10 +32,10 @@ import jax.numpy as jnp
 from jaxsbert.models.dropout import Dropout
 
 ATTENTION_IMPLS = ("auto", "fused", "materialized")
-# CPU (2 shared cores), all-MiniLM-L6-v2 at B=32, L=64, float32, the two paths interleaved, CPU time per call
-# (min / median of 20): forward 283 / 303 ms materialized, 281 / 304 ms fused; forward + backward 1096 / 1201 ms
-# materialized, 1121 / 1247 ms fused. On CPU XLA's dot_product_attention is the same computation laid out
-# differently, no faster; the materialized path stays (the one training with attention dropout takes anyway).
+# CPU (2 shared cores), all-MiniLM-L6-v2 at B=32, L=64, float32 (python -m benchmarks.attention; RESULTS.md):
+# CPU time per call of the two paths within 2% of each other, either way, in forward and forward + backward.
+# On CPU XLA's dot_product_attention is the same computation laid out differently, no faster; the
+# materialized path stays there (the one training with attention dropout takes anyway).
 FUSED_ON_CPU = False
 # cuDNN flash attention's limits (jax._src.cudnn.fused_attention_stablehlo.check_is_flash_attention): bf16 or
 # fp16 inputs, a head size that is a multiple of 8 and at most 128 (256 from Hopper on), and with a bias in
