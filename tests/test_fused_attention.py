@@ -145,6 +145,12 @@ def test_which_path_and_implementation(monkeypatch):
     assert attention.fused_implementation(jnp.zeros((2, 64, 4, 12), jnp.bfloat16)) is None   # head size % 8
     assert attention.fused_implementation(jnp.zeros((2, 63, 4, 32), jnp.bfloat16)) is None   # odd length, training
     assert attention.fused_implementation(jnp.zeros((2, 63, 4, 32), jnp.bfloat16), False) == "cudnn"
+    # a "GPU" whose cuDNN refuses (here: none found) computes with XLA instead
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 8, 4, 8)).astype(jnp.bfloat16) for i in range(3))
+    bias = jnp.where(jnp.arange(8) < 6, 0.0, jnp.finfo(jnp.float32).min)[None, None, None, :]
+    expected = jax.nn.dot_product_attention(q, k, v, bias=bias).reshape(2, 8, 32)
+    np.testing.assert_array_equal(np.asarray(attention.fused_attention(q, k, v, bias), np.float32),
+                                  np.asarray(expected, np.float32))
 
 
 def test_a_family_without_the_choice_takes_only_auto(monkeypatch):

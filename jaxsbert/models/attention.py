@@ -12,8 +12,8 @@ dtype. It runs one of two paths (``attention_impl``):
   0.10.2; the cuDNN kernel underneath has a rate and a seed, but its own random stream, which would break the
   topology-independent masks of :mod:`jaxsbert.models.dropout`), so training with attention dropout > 0 takes
   the materialized path whatever is asked.
-- ``"auto"`` (the default): fused unless attention dropout is on; on CPU the materialized path, which measured
-  faster there (see :data:`FUSED_ON_CPU`).
+- ``"auto"`` (the default): fused unless attention dropout is on; on CPU the materialized path, which is no
+  slower there (see :data:`FUSED_ON_CPU`).
 
 ``bias`` is additive and broadcasts to ``[B, heads, L, L]``: the segment mask from
 :func:`jaxsbert.models.bert.attention_bias` (a packed row's sentences do not see each other), plus MPNet's
@@ -97,10 +97,17 @@ def merge_heads(t: jax.Array) -> jax.Array:
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, training: bool = True) -> jax.Array:
     """:func:`jax.nn.dot_product_attention` of [B, L, heads, d] q, k, v and an additive float32 bias
     (broadcasting to [B, heads, L, L]) -> [B, L, heads * d] in v's dtype."""
-    implementation = fused_implementation(q, training)
-    if implementation == "cudnn":    # cuDNN takes the bias in the inputs' dtype; a masked score's -3e38 is -inf there
-        bias = jnp.maximum(bias, CUDNN_MASK_VALUE).astype(q.dtype)
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=implementation)
+    out = None
+    if fused_implementation(q, training) == "cudnn":
+        # cuDNN takes the bias in the inputs' dtype (a masked score's -3e38 would be -inf there). What it refuses
+        # when traced (no cuDNN found, a shape its kernels lack) goes to XLA instead.
+        try:
+            out = jax.nn.dot_product_attention(q, k, v, bias=jnp.maximum(bias, CUDNN_MASK_VALUE).astype(q.dtype),
+                                               implementation="cudnn")
+        except (NotImplementedError, RuntimeError):
+            out = None
+    if out is None:
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias)
     return out.reshape(out.shape[:-2] + (out.shape[-2] * out.shape[-1],))
 
 
