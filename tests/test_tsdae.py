@@ -235,14 +235,38 @@ def test_head_initialisation_and_errors(tiny_models):
     with pytest.raises(ValueError, match="decodes the original sentences' token ids"):
         loss(head, (jnp.zeros((2, 32)), jnp.zeros((2, 32))))
     packed = {"input_ids": jnp.zeros((1, 8), jnp.int32), "attention_mask": jnp.ones((1, 8), jnp.int32),
-              "position_ids": jnp.zeros((1, 8), jnp.int32), "slots": jnp.zeros((1, 2), jnp.int32)}
-    with pytest.raises(ValueError, match="unpacked batches only"):
+              "position_ids": jnp.zeros((1, 8), jnp.int32), "slots": jnp.zeros((1, 3), jnp.int32)}
+    with pytest.raises(ValueError, match=r"\(damaged_sentence, original_sentence\).*got \(3,\) column"):
         loss.value_and_grad(embed_fn, encoder.params, head, packed)
 
     from jaxsbert.training.loop import _packing
-    assert _packing("auto", {"tsdae": loss}) == {"tsdae": False}
-    with pytest.raises(ValueError, match="DenoisingAutoEncoderLoss cannot train on packed batches"):
-        _packing(True, {"tsdae": loss})
+    assert _packing("auto", {"tsdae": loss}) == {"tsdae": True}
+
+
+@pytest.mark.parametrize("rows,row_length", [(2, 40), (6, 16)])
+def test_packed_batch_equals_the_padded_batch(tiny_models, rows, row_length):
+    """The packed batch's value and gradients (model and head) equal the padded batch's: pairs sharing rows
+    (2 rows of 40 tokens) or spread over rows (6 of 16), a padding row masked out (its slots point at the first
+    sentence's, as the loader's do)."""
+    from jaxsbert.data.batching import pack_rows
+
+    encoder, loss, embed_fn = _ours(tiny_models, tie=True)
+    head = loss.init_head(jax.random.PRNGKey(0), 32)
+    head["cls"]["predictions"]["bias"] = jax.random.normal(jax.random.PRNGKey(1), (30522,))   # no zero gradients by luck
+    damaged, original = encoder.tokenizer(DAMAGED), encoder.tokenizer(ORIGINAL)
+    fn = jax.jit(lambda f, m: loss.value_and_grad(embed_fn, encoder.params, head, f, None, m))
+    mask = jnp.asarray([True, True, True, False])
+    padded = fn((_features(damaged, 24, rows=4), _features(original, 24, rows=4)), mask)
+    features = pack_rows([damaged, original], np.arange(3), 4, rows, row_length, embed_fn.max_segments)
+    features = {k: jnp.asarray(v) for k, v in features.items()}
+    assert int(features["attention_mask"].max()) >= 2                       # several sentences share a row
+    packed = fn(features, mask)
+    assert float(packed[0]) == pytest.approx(float(padded[0]), rel=1e-6)
+    scale = max(float(np.abs(a).max()) for a in jax.tree_util.tree_leaves(padded[1]))
+    leaves = jax.tree_util.tree_leaves_with_path(padded[1])
+    for (path, a), b in zip(leaves, jax.tree_util.tree_leaves(packed[1])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6 * scale,
+                                   err_msg=jax.tree_util.keystr(path))
 
 
 # ------------------------------------------------------------------------------------------- training

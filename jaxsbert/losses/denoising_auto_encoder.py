@@ -50,13 +50,20 @@ class DenoisingAutoEncoderLoss(Loss):
     the model by the same optimizer, as sentence-transformers' trainer trains every parameter of the loss.
 
     The loss needs the model: :meth:`setup` (the trainer's check of the model, ``frozen_params(model)``, calls
-    it; the loss has no frozen parameters) or ``init_head(rng, embedding_dim, encoder=model)``. It trains on unpacked batches only (the trainer does not pack its datasets) and on the
-    whole word-embedding table (no ``compact_vocab``).
+    it; the loss has no frozen parameters) or ``init_head(rng, embedding_dim, encoder=model)``. It trains on
+    the whole word-embedding table (no ``compact_vocab``).
+
+    Packed batches (:mod:`jaxsbert.data.packing`; the trainer packs this loss's datasets like the others'):
+    the model embeds the packed rows, and the decoder runs on the same rows: each token of an original
+    sentence attends causally within its sentence and cross-attends to its row's damaged-sentence embedding,
+    and predicts the next token of its sentence. The damaged sentences' tokens are decoded too and not
+    scored. The value and gradients equal the unpacked batch's (the decoder then runs on the real tokens,
+    not on rows padded to the longest sentence's bucket).
     """
     name: ClassVar[str] = "DenoisingAutoEncoderLoss"
     columns_doc: ClassVar[str] = "(damaged_sentence, original_sentence)"
     label_mode: ClassVar[str] = "none"
-    supports_packing: ClassVar[bool] = False    # the trainer leaves its datasets unpacked
+    supports_packing: ClassVar[bool] = True
     predicts_tokens: ClassVar[bool] = True      # logits over the whole vocabulary: the trainer has no compact_vocab
 
     decoder_name_or_path: Optional[str] = None
@@ -209,6 +216,36 @@ class DenoisingAutoEncoderLoss(Loss):
         nll = -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
         return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
 
+    def packed_reconstruction_loss(self, decoder_params: dict, embeddings: jax.Array, features: dict,
+                                   mask: jax.Array, max_segments: int) -> jax.Array:
+        """:meth:`reconstruction_loss` of a packed batch of (damaged, original) pairs: ``features`` the packed
+        rows of at most ``max_segments`` sentences, ``embeddings`` [B, 2, D] the model's embedding of each slot.
+        Each token of an original sentence predicts the next token of its sentence, cross-attending to its
+        row's damaged-sentence embedding: the same scored tokens as the unpacked batch's, so the same mean."""
+        spec = self.spec()
+        ids, segments = jnp.asarray(features["input_ids"]), jnp.asarray(features["attention_mask"])
+        slots = jnp.asarray(features["slots"])
+        batch, columns = slots.shape
+        rows = ids.shape[0]
+        # slot numbers are row * max_segments + segment - 1; each slot's sentence b * columns + c
+        # (padding rows' slots are not owners: mode="drop")
+        owner = jnp.full((rows * max_segments,), -1, jnp.int32).at[
+            jnp.where(mask[:, None], slots, rows * max_segments).reshape(-1)].set(
+            jnp.arange(batch * columns, dtype=jnp.int32), mode="drop")
+        token_slot = jnp.arange(rows, dtype=jnp.int32)[:, None] * max_segments + segments - 1
+        sentence = jnp.where(segments > 0, owner[jnp.clip(token_slot, 0)], -1)
+        pair, column = jnp.clip(sentence, 0) // columns, sentence % columns
+        memory = embeddings[:, 0][pair]                                               # [R, L, D]
+        module = bert_decoder.BertLMHeadModel(spec.config)
+        logits = module.apply({"params": decoder_params}, ids, memory, deterministic=True, segment_ids=segments,
+                              position_ids=jnp.asarray(features["position_ids"]))
+        following = jnp.concatenate([ids[:, 1:], jnp.full((rows, 1), spec.pad_token_id, ids.dtype)], axis=1)
+        same = jnp.concatenate([segments[:, 1:] == segments[:, :-1], jnp.zeros((rows, 1), bool)], axis=1)
+        valid = (sentence >= 0) & (column == 1) & same & (following != spec.pad_token_id) & mask[pair]
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        nll = -jnp.take_along_axis(log_probs, following[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+
     def value_and_grad(self, embed_fn, params, head_params, features, labels=None, mask=None, rng=None, frozen=None):
         """Loss and gradients wrt the model's parameters and the head for one batch of (damaged, original)
         columns: the model embeds the damaged sentences (``embed_fn``, with dropout when it has and ``rng`` is
@@ -216,7 +253,7 @@ class DenoisingAutoEncoderLoss(Loss):
         decoder comes from ``from_pretrained`` in eval mode, and its trainer puts only the model in train mode
         (the decoder is the loss's module, not the model's), so the decoder's dropout never runs there."""
         if is_packed(features):
-            raise ValueError(f"{self.name} trains on unpacked batches only: set data.packing false for its dataset")
+            return self._packed_value_and_grad(embed_fn, params, head_params, features, labels, mask, rng)
         features = tuple(features)
         if len(features) != 2:
             raise ValueError(f"{self.expects()}; got {len(features)} column(s)")
@@ -233,6 +270,25 @@ class DenoisingAutoEncoderLoss(Loss):
             embeddings = jnp.where(mask[:, None], embeddings, 0.0)
             return self.reconstruction_loss(self.decoder_params(p, h), embeddings, source["attention_mask"], target,
                                             mask)
+
+        return jax.value_and_grad(total, argnums=(0, 1))(params, head_params)
+
+    def _packed_value_and_grad(self, embed_fn, params, head_params, features, labels, mask, rng):
+        slots = features["slots"]
+        if getattr(embed_fn, "max_segments", None) is None:
+            raise ValueError(f"{self.name}: a packed batch needs the model's sentences per packed row "
+                             "(embed_fn.max_segments, see jaxsbert.training.step.make_embed_fn)")
+        if slots.ndim != 2 or slots.shape[1] != 2:
+            raise ValueError(f"{self.expects()}; got {slots.shape[1:] or 'no'} column(s)")
+        if labels is not None:
+            raise ValueError(f"{self.expects()}; got labels")
+        mask = jnp.ones(slots.shape[:1], bool) if mask is None else jnp.asarray(mask).astype(bool)
+
+        def total(p, h):
+            embeddings = jnp.asarray(embed_fn(p, features, rng), jnp.float32)          # [B, 2, D]
+            embeddings = jnp.where(mask[:, None, None], embeddings, 0.0)
+            return self.packed_reconstruction_loss(self.decoder_params(p, h), embeddings, features, mask,
+                                                   embed_fn.max_segments)
 
         return jax.value_and_grad(total, argnums=(0, 1))(params, head_params)
 

@@ -51,13 +51,26 @@ def causal_bias(length: int, dtype=jnp.float32) -> jax.Array:
     return jnp.where(allowed, 0.0, jnp.finfo(dtype).min).astype(dtype)[None, None]
 
 
+def segment_causal_bias(segment_ids: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """[R, 1, L, L] additive bias of packed rows (``segment_ids`` [R, L], :mod:`jaxsbert.data.packing`): a token
+    attends to itself and the earlier tokens of its own sentence."""
+    length = segment_ids.shape[1]
+    allowed = (segment_ids[:, :, None] == segment_ids[:, None, :]) & jnp.tril(jnp.ones((length, length), bool))[None]
+    return jnp.where(allowed, 0.0, jnp.finfo(dtype).min).astype(dtype)[:, None]
+
+
 def memory_bias(encoder_attention_mask: jax.Array, dtype=jnp.float32) -> jax.Array:
     """[B, M] mask of the cross-attention's keys (0: masked) -> [B, 1, 1, M] additive bias."""
     return jnp.where(encoder_attention_mask > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)[:, None, None, :]
 
 
 class CrossSelfAttention(nn.Module):
-    """Multi-head attention of ``x`` [B, L, H] over ``memory`` [B, M, H] (``query`` / ``key`` / ``value``)."""
+    """Multi-head attention of ``x`` [B, L, H] over ``memory`` [B, M, H] (``query`` / ``key`` / ``value``).
+
+    ``bias=None``: ``memory`` is [B, L, H], one vector per token of ``x``, the only key that token attends
+    to (packed rows, each token reading its own sentence's embedding). A softmax over one key is exactly 1
+    whatever the scores, so the output is that key's value projection (the query and key projections get
+    zero gradients, as they do with one key per row)."""
     config: BertConfig
     dtype: Any = jnp.float32
 
@@ -69,6 +82,13 @@ class CrossSelfAttention(nn.Module):
         def project(name, inputs):
             return heads_first(nn.Dense(c.hidden_size, dtype=self.dtype, name=name)(inputs), heads)
 
+        if bias is None:
+            v = nn.Dense(c.hidden_size, dtype=self.dtype, name="value")(memory)          # [B, L, heads * d]
+            if not deterministic and c.attention_probs_dropout_prob > 0:
+                probs = Dropout(c.attention_probs_dropout_prob)(jnp.ones(x.shape[:2] + (heads,), jnp.float32),
+                                                                deterministic, tokens)
+                v = (v.reshape(v.shape[:2] + (heads, -1)) * probs[..., None].astype(v.dtype)).reshape(v.shape)
+            return v
         q, k, v = project("query", x), project("key", memory), project("value", memory)
         probs = attention_probs(q, k, bias)                                  # [B, heads, L, M]
         if not deterministic and c.attention_probs_dropout_prob > 0:
@@ -122,14 +142,18 @@ class DecoderBert(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, memory, encoder_attention_mask, deterministic: bool, tokens=None):
+    def __call__(self, input_ids, memory, encoder_attention_mask, deterministic: bool, tokens=None,
+                 segment_ids=None, position_ids=None):
         length = input_ids.shape[1]
-        positions = jnp.broadcast_to(jnp.arange(length), input_ids.shape)
+        if segment_ids is None:
+            positions = jnp.broadcast_to(jnp.arange(length), input_ids.shape)
+            self_bias, cross_bias = causal_bias(length), memory_bias(encoder_attention_mask)
+        else:        # packed rows: each sentence's positions restart at 0, memory is one vector per token
+            positions, self_bias, cross_bias = position_ids, segment_causal_bias(segment_ids), None
         embeddings = Embeddings(self.config, self.dtype, name="embeddings")
         x = embeddings(input_ids, jnp.zeros_like(input_ids), positions, deterministic, tokens)
         x = DecoderEncoder(self.config, self.dtype, name="encoder")(
-            x, causal_bias(length), memory.astype(self.dtype), memory_bias(encoder_attention_mask), deterministic,
-            tokens)
+            x, self_bias, memory.astype(self.dtype), cross_bias, deterministic, tokens)
         table = embeddings.variables["params"]["word_embeddings"]["embedding"]
         return x, table
 
@@ -138,18 +162,22 @@ class BertLMHeadModel(nn.Module):
     """Logits [B, L, vocab] (float32) of the next token at each position of ``input_ids`` [B, L], attending
     causally to the earlier positions and to ``encoder_hidden_states`` [B, M, H] (keys masked where
     ``encoder_attention_mask`` [B, M] is 0; None: none masked). ``tokens`` key the dropout masks
-    (:mod:`jaxsbert.models.dropout`)."""
+    (:mod:`jaxsbert.models.dropout`).
+
+    Packed rows: ``segment_ids`` and ``position_ids`` [B, L] (:mod:`jaxsbert.data.packing`); each token
+    attends causally within its own sentence, and ``encoder_hidden_states`` is [B, L, H]: each token's own
+    memory vector (its sentence's embedding), the one key of its cross-attention."""
     config: BertConfig
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, input_ids, encoder_hidden_states, encoder_attention_mask=None, deterministic: bool = True,
-                 tokens: Optional[TokenIds] = None):
+                 tokens: Optional[TokenIds] = None, segment_ids=None, position_ids=None):
         c = self.config
-        if encoder_attention_mask is None:
+        if encoder_attention_mask is None and segment_ids is None:
             encoder_attention_mask = jnp.ones(encoder_hidden_states.shape[:2], jnp.int32)
         x, table = DecoderBert(c, self.dtype, name="bert")(input_ids, encoder_hidden_states, encoder_attention_mask,
-                                                           deterministic, tokens)
+                                                           deterministic, tokens, segment_ids, position_ids)
         return LMPredictionHead(c, name="cls")(x, table)
 
 
