@@ -45,10 +45,17 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.b
 
 
 class Tokenizer:
-    """The model's fast tokenizer with sentence-transformers' preprocessing (strip, optional lower-case, truncation)."""
+    """The model's fast tokenizer with sentence-transformers' preprocessing (strip, optional lower-case, truncation).
 
-    def __init__(self, directory: str, max_seq_length: int, do_lower_case: bool = False):
+    ``chat``: the directory's message-modality settings (:func:`jaxsbert.interop.st_dir.chat_settings`; None:
+    plain text). When they put it in message mode (``chat_format`` not None), each text is rendered through
+    the tokenizer's chat template as sentence-transformers 6.3 does (:mod:`jaxsbert.interop.chat_template`):
+    not stripped, a prompt as a system message."""
+
+    def __init__(self, directory: str, max_seq_length: int, do_lower_case: bool = False, chat: Any = None):
         from transformers import AutoTokenizer
+
+        from jaxsbert.interop import chat_template
 
         if os.path.isdir(directory) and not any(os.path.exists(os.path.join(directory, f)) for f in TOKENIZER_FILES):
             raise FileNotFoundError(f"{directory}: no tokenizer files; expected one of {list(TOKENIZER_FILES)} "
@@ -57,8 +64,16 @@ class Tokenizer:
         self.max_seq_length = max_seq_length
         self.do_lower_case = do_lower_case
         self.pad_token_id = self.hf.pad_token_id if self.hf.pad_token_id is not None else 0
+        self.chat_format = chat_template.resolve(chat, self.hf, directory, do_lower_case)
+        self._suffix_cache: dict = {}
 
-    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+    def __call__(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
+        """Token ids of each text (``prompt`` put before it: prefixed, or a system message in message mode)."""
+        if self.chat_format is not None:
+            from jaxsbert.interop import chat_template
+            return chat_template.encode(self.hf, list(texts), prompt, self.chat_format, self.max_seq_length,
+                                        self._suffix_cache)
+        texts = [(prompt or "") + t for t in texts]
         texts = [t.strip() for t in texts]
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
@@ -67,8 +82,12 @@ class Tokenizer:
         return self.hf(texts, truncation=True, max_length=self.max_seq_length, padding=False,
                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
+    def token_counts(self, texts: Sequence[str], prompt: str | None = None) -> list[int]:
         """Tokens of each text without truncation (special tokens included): > max_seq_length means cut."""
+        if self.chat_format is not None:
+            from jaxsbert.interop import chat_template
+            return chat_template.token_counts(self.hf, list(texts), prompt, self.chat_format)
+        texts = [(prompt or "") + t for t in texts]
         texts = [t.strip() for t in texts]
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
@@ -292,7 +311,8 @@ class SentenceEncoder:
         root = st_dir.resolve(path_or_id)
         config, params, tokenizer_dir = st_dir.load(root)
         saved = st_dir.read_settings(root)
-        tokenizer = Tokenizer(tokenizer_dir, config.max_seq_length, config.do_lower_case)
+        tokenizer = Tokenizer(tokenizer_dir, config.max_seq_length, config.do_lower_case,
+                              chat=st_dir.chat_settings(root))
         params = jax.tree_util.tree_map(jnp.asarray, params)
         return cls(config, params, tokenizer, dtype=dtype, source=path_or_id,
                    prompts={**saved["prompts"], **(prompts or {})},
@@ -375,13 +395,14 @@ class SentenceEncoder:
             raise ValueError("precision applies to embeddings; with output_value=None use precision='float32'")
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         prompt = self._resolve_prompt(prompt, prompt_name)
-        texts = [prompt + s for s in sentences] if prompt else sentences
-        skip = 0 if not prompt or self.pooling_include_prompt else self._prompt_length(prompt)
+        # message mode (chat template): the prompt is a system message, pooled with the rest (no prompt_length)
+        chat = getattr(self.tokenizer, "chat_format", None) is not None
+        skip = 0 if not prompt or self.pooling_include_prompt or chat else self._prompt_length(prompt)
 
         if output_value == "sentence_embedding" and not skip:
-            out = self._embed(texts, batch_size, show_progress_bar)
+            out = self._embed(sentences, batch_size, show_progress_bar, prompt)
         else:
-            token_ids, tokens = self._embed_tokens(texts, batch_size, show_progress_bar)
+            token_ids, tokens = self._embed_tokens(sentences, batch_size, show_progress_bar, prompt)
             if output_value != "token_embeddings":
                 out = self._pool_and_head(tokens, skip)
         if output_value == "token_embeddings":
@@ -392,7 +413,7 @@ class SentenceEncoder:
         if output_value is None:
             result = [{"input_ids": np.asarray(ids, np.int32), "attention_mask": np.ones(len(ids), np.int32),
                        "token_embeddings": t, "sentence_embedding": e, **({"prompt_length": skip or
-                       self._prompt_length(prompt)} if prompt else {})}
+                       self._prompt_length(prompt)} if prompt and not chat else {})}
                       for ids, t, e in zip(token_ids, tokens, out)]
             return result[0] if singular else result
 
@@ -446,19 +467,27 @@ class SentenceEncoder:
         ids = self.tokenizer([prompt])[0]
         return len(ids) - (1 if ids and ids[-1] in set(self.tokenizer.hf.all_special_ids) else 0)
 
-    def _embed(self, texts: list[str], batch_size: int, show_progress_bar: bool | None) -> np.ndarray:
+    def _tokenize(self, texts: list[str], prompt: str | None) -> list:
+        """Token ids of each text with ``prompt`` (the tokenizer's way when it takes one, else prefixed)."""
+        if getattr(self.tokenizer, "chat_format", None) is not None:
+            return self.tokenizer(texts, prompt=prompt)
+        return self.tokenizer([prompt + t for t in texts] if prompt else texts)
+
+    def _embed(self, texts: list[str], batch_size: int, show_progress_bar: bool | None,
+               prompt: str | None = None) -> np.ndarray:
         """float32 [N, dim] sentence embeddings from the whole model, in input order."""
         out = np.zeros((len(texts), self.embedding_dim), np.float32)
 
         def collect(idx, features, emb):
             out[idx] = np.asarray(emb)[: len(idx)]
 
-        self._run(self.tokenizer(texts), batch_size, show_progress_bar, self._forward, collect)
+        self._run(self._tokenize(texts, prompt), batch_size, show_progress_bar, self._forward, collect)
         return out
 
-    def _embed_tokens(self, texts: list[str], batch_size: int, show_progress_bar: bool | None):
+    def _embed_tokens(self, texts: list[str], batch_size: int, show_progress_bar: bool | None,
+                      prompt: str | None = None):
         """(token ids, float32 [n_i, hidden] transformer outputs) of each text, without padding, in input order."""
-        token_ids = self.tokenizer(texts)
+        token_ids = self._tokenize(texts, prompt)
         tokens: list = [None] * len(texts)
 
         def collect(idx, features, result):

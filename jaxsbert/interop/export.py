@@ -4,7 +4,8 @@ The directory uses the classic sentence-transformers layout, which every release
 and which ``transformers.AutoModel`` reads too::
 
     config.json, model.safetensors, tokenizer files     the Transformer (Hugging Face names, no prefix)
-    sentence_bert_config.json                           max_seq_length, do_lower_case
+    sentence_bert_config.json                           max_seq_length, do_lower_case (+ modality_config with
+                                                        "message" for a chat-template model)
     modules.json                                        sentence_transformers.models.<Kind>, in order
     1_Pooling/config.json                               legacy pooling_mode_* keys
     <i>_Dense/config.json, <i>_Dense/model.safetensors  linear.weight [out, in], linear.bias
@@ -27,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jaxsbert.interop import hf
+from jaxsbert.interop import chat_template, hf
 from jaxsbert.models import families
 from jaxsbert.models.heads import DenseConfig
 from jaxsbert.models.pooling import PoolingConfig
@@ -77,7 +78,8 @@ def save_sentence_transformer(encoder: Any, directory: str, model_card: str | No
         _write_transformer(config, encoder.params["transformer"], tmp, complete_pooler)
         _save_tokenizer(encoder.tokenizer.hf, config.max_seq_length, tmp)
         _write_json(os.path.join(tmp, "sentence_bert_config.json"),
-                    {"max_seq_length": config.max_seq_length, "do_lower_case": config.do_lower_case})
+                    {"max_seq_length": config.max_seq_length, "do_lower_case": config.do_lower_case,
+                     **chat_template.modality_config(getattr(encoder.tokenizer, "chat_format", None))})
         modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["Transformer"]}]
         for i, module in enumerate(config.modules):
             name = config.module_name(i)

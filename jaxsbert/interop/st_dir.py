@@ -148,6 +148,21 @@ def load(path_or_id: str) -> tuple[SentenceModelConfig, dict, str]:
     return (*_load_params(config, tdir, dense_dirs), tdir)
 
 
+def chat_settings(root: str):
+    """Whether sentence-transformers 6.3 feeds the texts of the directory ``root`` (resolved) through the
+    tokenizer's chat template (:mod:`jaxsbert.interop.chat_template`): a plain Hugging Face directory when its
+    tokenizer has one; a sentence-transformers directory when its Transformer's sentence_bert_config.json
+    names the "message" modality."""
+    from jaxsbert.interop import chat_template
+
+    modules_path = os.path.join(root, "modules.json")
+    if not os.path.exists(modules_path):
+        return chat_template.read_settings(None, root)
+    tdir = os.path.join(root, (read_json(modules_path) or [{}])[0].get("path", ""))
+    path = os.path.join(tdir, "sentence_bert_config.json")
+    return chat_template.read_settings(read_json(path) if os.path.exists(path) else {}, path)
+
+
 SIMILARITY_FN_NAMES = ("cosine", "dot", "euclidean", "manhattan")
 
 

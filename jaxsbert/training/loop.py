@@ -91,6 +91,13 @@ def prepare(config: dict, *, encoder: SentenceEncoder | None = None, datasets: d
     if not train_specs:
         raise ValueError("config data.train is empty: name at least one training dataset")
     encoder = load_model(config, encoder)
+    if getattr(encoder.tokenizer, "chat_format", None) is not None:   # prompts would be prefixed, not system messages
+        for where, specs in (("data.train", train_specs), ("data.eval", data_cfg.get("eval") or {})):
+            for name, spec in specs.items():
+                if isinstance(spec, dict) and spec.get("prompts"):
+                    raise ValueError(f"{where}.{name}.prompts: not supported for a model that renders texts "
+                                     "through its chat template (sentence-transformers puts the prompt in a "
+                                     "system message); leave prompts out or pin the model to the text modality")
     on_bad_row = data_cfg.get("on_bad_row", "error")
     sources = {name: jdata.open_source(spec, data_root=data_cfg.get("data_root"), on_bad_row=on_bad_row)
                for name, spec in train_specs.items()}
