@@ -10,7 +10,6 @@ token-level test also runs the default window (128: +-64) on a 200-token row.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -407,27 +406,16 @@ def test_masked_lm_checkpoint_loads_with_the_models_max_seq_length(st_dir):
 def test_cli_trains_modernbert_with_mnrl_and_resumes(st_dir, tmp_path):
     """MNRL on the demo pairs through ``jaxsbert train``: the loss goes down, and a run stopped after 3 steps and
     resumed with --resume ends with the checkpoint of the run that was not stopped."""
-    from jaxsbert.cli import main
-    from helpers import latest_checkpoint
+    from helpers import cli_train_stop_resume
 
     config = {"model": st_dir, "loss": {"name": "MultipleNegativesRankingLoss"}, "batch_size": 8, "max_steps": 6,
               "data": {"train": {"demo": {"source": "demo", "columns": ["sentence1", "sentence2"], "limit": 24}}},
               "optim": {"lr": 2e-3, "warmup_ratio": 0.0}, "log_every": 1, "eval_before": False, "tensorboard": False,
               "checkpoint": {"every_steps": 3, "keep": 2, "async": False}}
-    cfg = tmp_path / "cfg.py"
-    cfg.write_text("def get_config():\n    return " + repr(config) + "\n")
-    full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    main(["train", str(cfg), "--workdir", full])
-    main(["train", str(cfg), "--workdir", part, "-o", "stop_after_steps=3"])
-    main(["train", str(cfg), "--workdir", part, "--resume"])
-    metrics = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl"))]
+    metrics = cli_train_stop_resume(config, tmp_path)
     losses = [m["loss"] for m in metrics if m["kind"] == "train"]
     assert len(losses) == 6 and np.mean(losses[3:]) < np.mean(losses[:3]) - 0.1, losses     # epoch 2 vs epoch 1
-    a, b = latest_checkpoint(full), latest_checkpoint(part)
-    leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
-    assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
-    for (path, x), (_, y) in zip(leaves_a, leaves_b):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    full = str(tmp_path / "full")
     trained = SentenceEncoder.from_pretrained(os.path.join(full, "model"))
     assert trained.config.family == "modernbert"
     theirs = SentenceTransformer(os.path.join(full, "model"), device="cpu").encode(SENTENCES[:4])

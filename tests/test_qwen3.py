@@ -387,8 +387,7 @@ def test_cli_trains_qwen3_with_mnrl_prompts_and_resumes(st_dir, tmp_path):
     """MNRL on the demo pairs through ``jaxsbert train`` with a query instruction on the first column (training
     and evaluation): the loss goes down, and a run stopped after 3 steps and resumed with --resume ends with the
     checkpoint of the run that was not stopped; the saved model loads in sentence-transformers."""
-    from jaxsbert.cli import main
-    from helpers import latest_checkpoint
+    from helpers import cli_train_stop_resume
 
     prompts = {"sentence1": PROMPTS["query"]}
     config = {"model": st_dir, "loss": {"name": "MultipleNegativesRankingLoss"}, "batch_size": 8, "max_steps": 6,
@@ -398,21 +397,11 @@ def test_cli_trains_qwen3_with_mnrl_prompts_and_resumes(st_dir, tmp_path):
                                         "prompts": prompts}}},
               "optim": {"lr": 2e-3, "warmup_ratio": 0.0}, "log_every": 1, "eval_before": False, "tensorboard": False,
               "checkpoint": {"every_steps": 3, "keep": 2, "async": False}}
-    cfg = tmp_path / "cfg.py"
-    cfg.write_text("def get_config():\n    return " + repr(config) + "\n")
-    full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    main(["train", str(cfg), "--workdir", full])
-    main(["train", str(cfg), "--workdir", part, "-o", "stop_after_steps=3"])
-    main(["train", str(cfg), "--workdir", part, "--resume"])
-    metrics = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl"))]
+    metrics = cli_train_stop_resume(config, tmp_path)
     losses = [m["loss"] for m in metrics if m["kind"] == "train"]
     assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
     assert any("dev_spearman_cosine" in m for m in metrics), metrics[-1]
-    a, b = latest_checkpoint(full), latest_checkpoint(part)
-    leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
-    assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
-    for (path, x), (_, y) in zip(leaves_a, leaves_b):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    full = str(tmp_path / "full")
     trained = SentenceEncoder.from_pretrained(os.path.join(full, "model"))
     assert trained.config.family == "qwen3" and trained.prompts["query"] == PROMPTS["query"]
     theirs = _st(os.path.join(full, "model")).encode(TEXTS[:4], prompt_name="query")
