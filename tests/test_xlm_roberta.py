@@ -164,3 +164,21 @@ def test_a_wrong_position_offset_is_caught(st_dir, theirs, monkeypatch):
     monkeypatch.setattr(roberta, "offset_position_ids", lambda mask, pos, pad: right(mask, pos, pad - 1))
     wrong = SentenceEncoder.from_pretrained(st_dir, packing=False).encode(SENTENCES, batch_size=4)
     assert _max_diff(wrong, theirs) > 100 * ATOL
+
+
+def test_cli_trains_xlm_roberta_with_mnrl_and_resumes(st_dir, tmp_path):
+    """MNRL on the demo pairs through ``jaxsbert train``: the loss goes down, a run stopped after 3 steps and
+    resumed ends with the uninterrupted run's checkpoint, and the saved model loads in sentence-transformers."""
+    from helpers import cli_train_stop_resume
+
+    config = {"model": st_dir, "loss": {"name": "MultipleNegativesRankingLoss"}, "batch_size": 8, "max_steps": 6,
+              "data": {"train": {"demo": {"source": "demo", "columns": ["sentence1", "sentence2"], "limit": 24}}},
+              "optim": {"lr": 1e-2, "warmup_ratio": 0.0}, "log_every": 1, "eval_before": False, "tensorboard": False,
+              "checkpoint": {"every_steps": 3, "keep": 2, "async": False}}
+    metrics = cli_train_stop_resume(config, tmp_path)
+    losses = [m["loss"] for m in metrics if m["kind"] == "train"]
+    assert len(losses) == 6 and np.mean(losses[3:]) < np.mean(losses[:3]) - 0.05, losses    # epoch 2 vs 1 (~0.07)
+    model = os.path.join(str(tmp_path / "full"), "model")
+    trained = SentenceEncoder.from_pretrained(model)
+    assert trained.config.family == "xlm-roberta"
+    assert _max_diff(trained.encode(SENTENCES), SentenceTransformer(model, device="cpu").encode(SENTENCES)) < ATOL
