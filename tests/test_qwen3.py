@@ -313,7 +313,7 @@ def test_a_non_causal_mask_fails_the_comparison(st_dir, monkeypatch):
     """The comparison above sees the causal mask: bidirectional attention moves the embeddings."""
     theirs = _st(st_dir).encode(TEXTS[:4])
     monkeypatch.setattr(qwen3, "causal_segment_bias", lambda seg: jnp.where(
-        seg[:, None, None, None, :] == seg[:, None, None, :, None], 0.0, jnp.finfo(jnp.float32).min))
+        seg[:, None, None, :] == seg[:, None, :, None], 0.0, jnp.finfo(jnp.float32).min))
     ours = SentenceEncoder.from_pretrained(st_dir, packing=False).encode(TEXTS[:4])
     assert np.abs(ours - theirs).max() > 1e-3
 

@@ -14,6 +14,12 @@ sentence) each see only themselves, causally. Without ``position_ids`` positions
 the row, as Hugging Face does (left padding then shifts every position by the same amount, which
 RoPE's relative scores do not see). The residual stream is float32 whatever ``dtype`` the matmuls
 run in.
+
+Attention goes through :func:`jaxsbert.models.attention.attend` with that causal same-segment mask as an
+additive bias (``attention_impl``: materialized probabilities, or fused ``jax.nn.dot_product_attention``,
+cuDNN's on a GPU in bf16). The fused path takes the ``num_key_value_heads`` key/value heads as they are
+(``jax.nn.dot_product_attention`` does grouped-query attention itself); the materialized one repeats each
+for its group of query heads, as Hugging Face's ``repeat_kv``.
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxsbert.models.dropout import Dropout, token_ids
+from jaxsbert.models.attention import attend, check_attention_impl, uses_fused
+from jaxsbert.models.dropout import token_ids
 
 ACTIVATIONS = {"silu": jax.nn.silu, "swish": jax.nn.silu}
 
@@ -125,25 +132,26 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def causal_segment_bias(segment_ids: jax.Array) -> jax.Array:
-    """[B, L] segment ids (0 = padding) -> additive bias [B, 1, 1, L, L] (query, key): 0 where the key is in
+    """[B, L] segment ids (0 = padding) -> additive bias [B, 1, L, L] (query, key): 0 where the key is in
     the query's segment at or before it, float32 min elsewhere. Padding attends to earlier padding (itself at
     least), so no row is fully masked."""
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     index = jnp.arange(segment_ids.shape[1])
     allowed = same & (index[None, :] <= index[:, None])[None]
-    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)[:, None, None]
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)[:, None]
 
 
 class Attention(nn.Module):
-    """Qwen3Attention: grouped-query causal self-attention with per-head q/k RMSNorm and RoPE."""
+    """Qwen3Attention: grouped-query causal self-attention with per-head q/k RMSNorm and RoPE; ``bias``: the
+    additive [B, 1, L, L] mask of :func:`causal_segment_bias`."""
     config: Qwen3Config
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"   # see jaxsbert.models.attention
 
     @nn.compact
     def __call__(self, x, bias, cos, sin, deterministic: bool, tokens=None):
         c = self.config
         heads, kv_heads, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        groups = heads // kv_heads
         b, length = x.shape[:2]
 
         def project(name, n):
@@ -154,16 +162,11 @@ class Attention(nn.Module):
         k = RMSNorm(c.rms_norm_eps, self.dtype, name="k_norm")(project("k_proj", kv_heads))
         v = project("v_proj", kv_heads)
         q, k = apply_rope(q, cos, sin).astype(self.dtype), apply_rope(k, cos, sin).astype(self.dtype)
-        # query head h uses key/value head h // groups (Hugging Face's repeat_kv): [B, kv, groups, L, d]
-        q = q.reshape(b, length, kv_heads, groups, d).transpose(0, 2, 3, 1, 4)
-        k, v = k.transpose(0, 2, 1, 3)[:, :, None], v.transpose(0, 2, 1, 3)[:, :, None]
-        scores = jnp.matmul(q, k.swapaxes(-1, -2)).astype(jnp.float32) * jnp.float32(d ** -0.5)
-        probs = jax.nn.softmax(scores + bias, axis=-1)                              # [B, kv, groups, L, L]
-        if c.attention_dropout and not deterministic:
-            probs = Dropout(c.attention_dropout)(probs.reshape(b, heads, length, length), deterministic,
-                                                 tokens).reshape(probs.shape)
-        out = jnp.matmul(probs.astype(self.dtype), v)                               # [B, kv, groups, L, d]
-        out = out.transpose(0, 3, 1, 2, 4).reshape(b, length, heads * d)
+        if not uses_fused(self.attention_impl, c.attention_dropout, deterministic):
+            # query head h uses key/value head h // groups (Hugging Face's repeat_kv); the fused path does that
+            # itself, without the copies
+            k, v = (jnp.repeat(t, heads // kv_heads, axis=2) for t in (k, v))
+        out = attend(q, k, v, bias, c.attention_dropout, deterministic, tokens, self.attention_impl, self.dtype)
         return nn.Dense(c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype, name="o_proj")(out)
 
 
@@ -183,12 +186,14 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     config: Qwen3Config
     dtype: Any = jnp.float32
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, bias, cos, sin, deterministic: bool, tokens=None):
         c = self.config
         h = RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(x)
-        x = x + Attention(c, self.dtype, name="self_attn")(h, bias, cos, sin, deterministic, tokens).astype(jnp.float32)
+        a = Attention(c, self.dtype, self.attention_impl, name="self_attn")(h, bias, cos, sin, deterministic, tokens)
+        x = x + a.astype(jnp.float32)
         h = RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
         return x + MLP(c, self.dtype, name="mlp")(h).astype(jnp.float32)
 
@@ -196,10 +201,12 @@ class DecoderLayer(nn.Module):
 class Qwen3Model(nn.Module):
     """Token embeddings [B, L, H] (float32, after the final norm) for token ids [B, L]; ``token_type_ids`` is
     accepted and ignored. ``all_layers=True``: [layers + 1, B, L, H], Hugging Face's ``hidden_states``: the
-    token embeddings, each layer's output, the last one after the final norm."""
+    token embeddings, each layer's output, the last one after the final norm. ``dtype``: the matmuls' compute
+    dtype; ``attention_impl``: the attention path (:mod:`jaxsbert.models.attention`)."""
     config: Qwen3Config
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None, deterministic: bool = True,
@@ -217,7 +224,8 @@ class Qwen3Model(nn.Module):
         layer_cls = nn.remat(DecoderLayer, static_argnums=(5,)) if self.remat else DecoderLayer
         hidden = [x]
         for i in range(c.num_hidden_layers):
-            x = layer_cls(c, self.dtype, name=f"layers_{i}")(x, bias, cos, sin, deterministic, tokens)
+            x = layer_cls(c, self.dtype, check_attention_impl(self.attention_impl), name=f"layers_{i}")(
+                x, bias, cos, sin, deterministic, tokens)
             hidden.append(x)
         x = RMSNorm(c.rms_norm_eps, jnp.float32, name="norm")(x)
         if not all_layers:
