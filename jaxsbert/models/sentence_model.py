@@ -112,8 +112,8 @@ def compute_dtype(dtype: Any) -> Any:
 
 def transformer_module(config: SentenceModelConfig, dtype: Any = jnp.float32, remat: bool = False,
                        attention_impl: str = "auto", **kwargs):
-    """The family's Transformer module; ``attention_impl`` goes to the families whose module takes one (BERT,
-    RoBERTa, DistilBERT, MPNet); another family computes its attention its own way, and only "auto" is taken."""
+    """The family's Transformer module; ``attention_impl`` goes to the families whose module takes one (every
+    family here); a family without the choice takes only "auto"."""
     module_cls = families.FAMILIES[config.family].module
     if "attention_impl" in getattr(module_cls, "__dataclass_fields__", {}):
         kwargs["attention_impl"] = attention_impl
