@@ -79,6 +79,16 @@ class Run:
     frozen: dict = dataclasses.field(default_factory=dict)   # {dataset: parameters its loss uses untrained}
 
 
+def initial_heads(run: Run, seed: int) -> dict:
+    """{dataset: its loss's trainable head} at the start of a run of ``seed`` (datasets whose loss has none
+    left out): each drawn from ``seed + 1`` and the dataset's place among the losses."""
+    head_rng = jax.random.PRNGKey(seed + 1)
+    heads = {name: loss.init_head(jax.random.fold_in(head_rng, i), run.encoder.embedding_dim,
+                                  **({"params": run.encoder.params} if loss.head_from_model else {}))  # CT's model1
+             for i, (name, loss) in enumerate(run.losses.items())}
+    return {k: v for k, v in heads.items() if jax.tree_util.tree_leaves(v)}
+
+
 def prepare(config: dict, *, encoder: SentenceEncoder | None = None, datasets: dict | None = None,
             losses: dict | None = None, evaluators: dict | None = None) -> Run:
     """Loads the model, the datasets and the losses and checks that they fit, before anything compiles.
@@ -236,12 +246,7 @@ def _train(config: dict, workdir: str, resume: bool, stop: preemption.StopSignal
     optim = config["optim"]
     accum = int(optim.get("grad_accum_steps") or 1)
     tx, schedule = make_optimizer(optim, max(run.total_steps // accum, 1))
-    dim = encoder.embedding_dim
-    head_rng = jax.random.PRNGKey(int(config["seed"]) + 1)
-    heads = {name: loss.init_head(jax.random.fold_in(head_rng, i), dim,   # ContrastiveTension: model1, a copy
-                                  **({"params": encoder.params} if loss.head_from_model else {}))
-             for i, (name, loss) in enumerate(run.losses.items())}
-    heads = {k: v for k, v in heads.items() if jax.tree_util.tree_leaves(v)}
+    heads = initial_heads(run, int(config["seed"]))
 
     mesh = pmesh.make_mesh(config.get("mesh"))
     pmesh.check_batch_size(mesh, int(config["batch_size"]))
