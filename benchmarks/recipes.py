@@ -187,6 +187,7 @@ def run_st_tsdae(seed: int) -> dict:
     outcome at 64 steps (RESULTS.md: 0.33 to 0.59 over orders and draws, while the two frameworks given the
     same order and draw agree within 0.014), so with independent draws three seeds cannot resolve 0.005;
     the dropout masks stay each framework's own."""
+    import numpy as np
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
