@@ -93,6 +93,25 @@ def test_adamw_matches_torch_with_decay_mask_and_clipping():
     assert mask["dense"]["kernel"] and not mask["dense"]["bias"] and not mask["LayerNorm"]["scale"]
 
 
+def test_clipping_leaves_the_loss_heads_alone():
+    """On the trainer's {"params", "heads"} tree only the model's gradients are clipped, by their own norm, as
+    transformers' Trainer clips model.parameters() while sentence-transformers optimizes the loss's own
+    parameters (SoftmaxLoss's classifier, TSDAE's decoder head) unclipped."""
+    import optax
+    from jaxsbert.training.optimizer import clip_by_global_norm
+    rng = np.random.default_rng(2)
+    grads = {"params": {"w": jnp.asarray(rng.normal(size=(4, 3)) * 5, jnp.float32)},
+             "heads": {"softmax": {"k": jnp.asarray(rng.normal(size=(6,)) * 50, jnp.float32)}}}
+    clip = clip_by_global_norm(1.0)
+    for known in ({}, {"global_norm": optax.tree.norm(grads["params"])}):
+        clipped, _ = clip.update(grads, clip.init(grads), **known)
+        np.testing.assert_allclose(float(optax.tree.norm(clipped["params"])), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(clipped["heads"]["softmax"]["k"]), np.asarray(grads["heads"]["softmax"]["k"]))
+    other = {"a": grads["params"]["w"], "b": grads["heads"]["softmax"]["k"]}       # any other tree: clipped whole
+    clipped, _ = clip.update(other, clip.init(other))
+    np.testing.assert_allclose(float(optax.tree.norm(clipped)), 1.0, rtol=1e-5)
+
+
 @pytest.mark.parametrize("scale", [0.1, 10.0])        # below and above max_grad_norm
 def test_clipping_is_torchs_and_takes_a_given_norm(scale):
     """optimizer.clip_by_global_norm: the gradients torch.nn.utils.clip_grad_norm_ leaves (to float32

@@ -47,22 +47,36 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def is_trainable_tree(tree: Any) -> bool:
+    """True for the trainer's ``{"params": model parameters, "heads": loss heads}`` tree."""
+    return isinstance(tree, dict) and set(tree) == {"params", "heads"}
+
+
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
-    """Gradient clipping as sentence-transformers' trainer does it (``torch.nn.utils.clip_grad_norm_``):
-    every gradient times ``min(1, max_norm / (norm + 1e-6))``, ``norm`` the global L2 norm; the state is
-    optax's ``clip_by_global_norm``'s (empty). Multiplying by one scalar, rather than optax's
-    ``(g / norm) * max_norm``, lets XLA fuse the scaling into the optimizer's passes instead of writing the
-    clipped gradients out first (a division is not duplicated into its consumers): ~3% of a MiniLM
+    """Gradient clipping as sentence-transformers' trainer does it (``torch.nn.utils.clip_grad_norm_`` over
+    the model's parameters): every gradient times ``min(1, max_norm / (norm + 1e-6))``, ``norm`` the global
+    L2 norm; the state is optax's ``clip_by_global_norm``'s (empty). On the trainer's tree
+    ``{"params": model, "heads": loss heads}`` only the model's gradients are clipped, by their own norm:
+    transformers' Trainer clips ``model.parameters()``, and a loss's own parameters (SoftmaxLoss's classifier,
+    TSDAE's decoder head, ContrastiveTension's second copy), which sentence-transformers' trainer adds to the
+    optimizer, are updated unclipped. Any other tree is clipped whole. Multiplying by one scalar, rather than
+    optax's ``(g / norm) * max_norm``, lets XLA fuse the scaling into the optimizer's passes instead of writing
+    the clipped gradients out first (a division is not duplicated into its consumers): ~3% of a MiniLM
     CoSENT B=16 step on 2 CPU cores, where the clipping fires on every step.
 
-    The train step passes the norm it computed for its finiteness test (``tx.update(..., global_norm=norm)``)
-    instead of a second pass over every gradient. Pass it only when the updates are the gradients
-    themselves (not under ``optax.MultiSteps``)."""
+    The train step passes the model gradients' norm it computed for its finiteness test
+    (``tx.update(..., global_norm=norm)``) instead of a second pass over them. Pass it only when the updates
+    are the gradients themselves (not under ``optax.MultiSteps``)."""
+    def clip(tree, norm):
+        coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+        return jax.tree_util.tree_map(lambda t: t * coef.astype(t.dtype), tree)
+
     def update(updates, state, params=None, *, global_norm=None, **extra_args):
         del params, extra_args
-        norm = optax.tree.norm(updates) if global_norm is None else global_norm
-        coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
-        return jax.tree_util.tree_map(lambda t: t * coef.astype(t.dtype), updates), state
+        if is_trainable_tree(updates):
+            norm = optax.tree.norm(updates["params"]) if global_norm is None else global_norm
+            return {**updates, "params": clip(updates["params"], norm)}, state
+        return clip(updates, optax.tree.norm(updates) if global_norm is None else global_norm), state
     return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
 
 

@@ -82,7 +82,10 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
             g_heads[dataset] = g_head
         grads = {"params": g_params, "heads": g_heads}
         trainable = {"params": state["params"], "heads": state["heads"]}
-        grad_norm = optax.tree.norm(grads)
+        # the model's gradient norm (what clipping uses and sentence-transformers logs); the heads' counted
+        # only in the finiteness test
+        grad_norm = optax.tree.norm(g_params)
+        all_norm = jnp.sqrt(grad_norm ** 2 + optax.tree.norm(g_heads, squared=True))
 
         def update():
             known = {"global_norm": grad_norm} if passes_norm else {}
@@ -98,7 +101,7 @@ def make_train_step(embed_fn: Callable, loss, dataset: str, tx: optax.GradientTr
         def skip():
             return trainable, state["opt_state"], jnp.array(False)
 
-        grads_finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+        grads_finite = jnp.isfinite(value) & jnp.isfinite(all_norm)
         trainable, opt_state, params_finite = jax.lax.cond(grads_finite, update, skip)
         finite = grads_finite & params_finite
         new_state = {
