@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxsbert.config import DEFAULTS
+from jaxsbert.data.batching import pack_rows
 from jaxsbert.data.buckets import pad_token_ids
-from jaxsbert.data.packing import pack_token_ids
 from jaxsbert.encoder import SentenceEncoder
 from jaxsbert.losses import get_loss
 from jaxsbert.models.sentence_model import SentenceModel, compute_dtype
@@ -114,9 +114,7 @@ def test_bf16_packed_cached_loss_is_finite_and_close_to_float32():
     rng = np.random.default_rng(3)
     b = 12
     columns = [_sentences(rng, b) for _ in range(2)]
-    flat = [s for row in zip(*columns) for s in row]
-    packed = pack_token_ids(flat, rows=16, row_length=48, max_segments=4, sentence_ids=np.arange(2 * b))
-    packed["slots"] = packed["slots"].reshape(b, 2)
+    packed = pack_rows(columns, np.arange(b), b, packed_rows=16, row_length=48, max_segments=4)
     mask = np.ones(b, bool)
     loss = get_loss("CachedMultipleNegativesRankingLoss", mini_batch_size=4)
     results = {}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxsbert.config import DEFAULTS
+from jaxsbert.data.batching import pack_rows
 from jaxsbert.data.buckets import pad_token_ids
 from jaxsbert.data.packing import pack_token_ids
 from jaxsbert.losses import get_loss
@@ -54,6 +55,18 @@ def fused_calls(monkeypatch):
     return calls
 
 
+def _both_paths(fused, materialized, f, params, fused_calls, layout):
+    """The gradients of ``f(model, params) -> (value, embeddings)`` with the fused and the materialized model,
+    after checking that each took its path and that their embeddings agree within 1e-5."""
+    before = len(fused_calls)
+    (_, emb_m), grads_m = jax.value_and_grad(lambda p: f(materialized, p), has_aux=True)(params)
+    assert len(fused_calls) == before, "materialized took the fused path"
+    (_, emb_f), grads_f = jax.value_and_grad(lambda p: f(fused, p), has_aux=True)(params)
+    assert len(fused_calls) > before, "fused did not take the fused path"
+    np.testing.assert_allclose(np.asarray(emb_f), np.asarray(emb_m), atol=1e-5, rtol=0, err_msg=layout)
+    return grads_f, grads_m
+
+
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_fused_embeddings_and_gradients_equal_materialized(family, fused_calls):
     """Unpacked (padding mask) and packed (segment mask; MPNet's relative bias on restarting positions) batches:
@@ -67,18 +80,12 @@ def test_fused_embeddings_and_gradients_equal_materialized(family, fused_calls):
                            for impl in ("fused", "materialized"))
     params = fused.init(jax.random.PRNGKey(0), batches["unpacked"])["params"]
     for layout, features in batches.items():
-        def value_and_grad(model):
-            def f(p):
-                emb = model.apply({"params": p}, features)
-                return jnp.sum(jnp.sin(emb)), emb
-            return jax.value_and_grad(f, has_aux=True)(params)     # eager: compiling costs more here
+        def f(model, p):
+            emb = model.apply({"params": p}, features)
+            return jnp.sum(jnp.sin(emb)), emb
 
-        before = len(fused_calls)
-        (_, emb_m), grads_m = value_and_grad(materialized)
-        assert len(fused_calls) == before, "materialized took the fused path"
-        (_, emb_f), grads_f = value_and_grad(fused)
-        assert len(fused_calls) > before, "fused did not take the fused path"
-        np.testing.assert_allclose(np.asarray(emb_f), np.asarray(emb_m), atol=1e-5, rtol=0, err_msg=layout)
+        # eager: compiling costs more here
+        grads_f, grads_m = _both_paths(fused, materialized, f, params, fused_calls, layout)
         for (path, g_f), g_m in zip(jax.tree_util.tree_leaves_with_path(grads_f), jax.tree_util.tree_leaves(grads_m)):
             np.testing.assert_allclose(np.asarray(g_f), np.asarray(g_m), atol=1e-5, rtol=1e-5,
                                        err_msg=f"{layout} {jax.tree_util.keystr(path)}")
@@ -92,9 +99,7 @@ def test_train_step_loss_and_gradient_norm_fused_equal_materialized(fused_calls)
     rng = np.random.default_rng(1)
     b = 8
     columns = [_sentences(rng, b) for _ in range(2)]
-    flat = [s for row in zip(*columns) for s in row]
-    packed = pack_token_ids(flat, rows=8, row_length=48, max_segments=4, sentence_ids=np.arange(2 * b))
-    packed["slots"] = packed["slots"].reshape(b, 2)
+    packed = pack_rows(columns, np.arange(b), b, packed_rows=8, row_length=48, max_segments=4)
     batch = {"features": packed, "mask": jnp.ones(b, bool)}
     tx, schedule = make_optimizer(dict(DEFAULTS["optim"], lr=1e-3), 10)
     results = {}
@@ -200,18 +205,11 @@ def test_qwen3_fused_embeddings_and_gradients_equal_materialized(fused_calls):
     params = fused.init(jax.random.PRNGKey(0), *batches["packed"][:2])["params"]
     weights = jnp.asarray(np.random.default_rng(5).normal(size=(3, 12, 32)), jnp.float32)
     for layout, (ids, segments, positions) in batches.items():
-        def value_and_grad(model):
-            def f(p):
-                emb = model.apply({"params": p}, ids, segments, position_ids=positions)
-                return jnp.sum(jnp.sin(emb) * weights), emb
-            return jax.value_and_grad(f, has_aux=True)(params)
+        def f(model, p):
+            emb = model.apply({"params": p}, ids, segments, position_ids=positions)
+            return jnp.sum(jnp.sin(emb) * weights), emb
 
-        before = len(fused_calls)
-        (_, emb_m), grads_m = value_and_grad(materialized)
-        assert len(fused_calls) == before, "materialized took the fused path"
-        (_, emb_f), grads_f = value_and_grad(fused)
-        assert len(fused_calls) > before, "fused did not take the fused path"
-        np.testing.assert_allclose(np.asarray(emb_f), np.asarray(emb_m), atol=1e-5, rtol=0, err_msg=layout)
+        grads_f, grads_m = _both_paths(fused, materialized, f, params, fused_calls, layout)
         scale = max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads_m))
         for (path, g_f), g_m in zip(jax.tree_util.tree_leaves_with_path(grads_f), jax.tree_util.tree_leaves(grads_m)):
             np.testing.assert_allclose(np.asarray(g_f), np.asarray(g_m), atol=1e-5 * scale, rtol=0,

@@ -212,9 +212,7 @@ class DenoisingAutoEncoderLoss(Loss):
         logits = module.apply({"params": decoder_params}, inputs, embeddings[:, None, :],
                               (jnp.asarray(source_mask)[:, :1] > 0).astype(jnp.int32), deterministic=rng is None,
                               tokens=tokens, rngs=rngs)
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        nll = -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+        return _mean_next_token_nll(logits, labels, valid)
 
     def packed_reconstruction_loss(self, decoder_params: dict, embeddings: jax.Array, features: dict,
                                    mask: jax.Array, max_segments: int) -> jax.Array:
@@ -242,9 +240,7 @@ class DenoisingAutoEncoderLoss(Loss):
         following = jnp.concatenate([ids[:, 1:], jnp.full((rows, 1), spec.pad_token_id, ids.dtype)], axis=1)
         same = jnp.concatenate([segments[:, 1:] == segments[:, :-1], jnp.zeros((rows, 1), bool)], axis=1)
         valid = (sentence >= 0) & (column == 1) & same & (following != spec.pad_token_id) & mask[pair]
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        nll = -jnp.take_along_axis(log_probs, following[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+        return _mean_next_token_nll(logits, following, valid)
 
     def value_and_grad(self, embed_fn, params, head_params, features, labels=None, mask=None, rng=None, frozen=None):
         """Loss and gradients wrt the model's parameters and the head for one batch of (damaged, original)
@@ -295,6 +291,13 @@ class DenoisingAutoEncoderLoss(Loss):
     def config_dict(self) -> dict[str, Any]:
         return {"decoder_name_or_path": None if self.decoder_name_or_path is None else str(self.decoder_name_or_path),
                 "tie_encoder_decoder": self.tie_encoder_decoder}
+
+
+def _mean_next_token_nll(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> jax.Array:
+    """The mean cross-entropy of ``logits`` [..., vocab] against ``targets`` [...] over the ``valid`` ones."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
 
 
 def _merge(a: dict, b: dict) -> dict:

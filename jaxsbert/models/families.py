@@ -1,6 +1,6 @@
 """Registry of encoder families: Hugging Face ``model_type`` -> (config class, Flax module, architecture).
 
-Every family's module has the call signature ``module(config, dtype=, remat=)(input_ids,
+Every family's module has the call signature ``module(config, dtype=, remat=, attention_impl=)(input_ids,
 attention_mask, token_type_ids=None, position_ids=None, deterministic=True, sentence_ids=None, all_layers=False)
 -> [B, L, H]`` (``all_layers=True``: [layers + 1, B, L, H], Hugging Face's ``hidden_states``),
 takes ``attention_mask`` as segment ids (0 = padding), ``position_ids`` as 0-based positions and
